@@ -82,7 +82,9 @@ impl Serialize for RejectCode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IceServer {
     pub url: String,
+    #[serde(default)]
     pub ufrag: String,
+    #[serde(default)]
     pub pwd: String,
 }
 

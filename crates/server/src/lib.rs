@@ -1,1 +1,18 @@
-pub fn x(){}
+//! The switchboard signaling server.
+//!
+//! - [`config`]: the one typed configuration.
+//! - [`hub`]: rooms, calls and routing behind the [`hub::Hub`] trait; [`hub::MemoryHub`] is the single-node backend.
+//! - [`session`] and [`outbox`]: one websocket session, with its bounded outbound queue.
+//! - [`http`]: the listener's HTTP side (upgrade on any path, `/livez`, `/readyz`).
+//! - [`server`]: binding, serving and graceful shutdown.
+
+pub mod config;
+pub mod hub;
+pub mod http;
+pub mod ice;
+pub mod outbox;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

@@ -1,0 +1,233 @@
+//! The one typed configuration of `switchboard serve`.
+//!
+//! Layering: built-in defaults < TOML file (`--config`) < environment variables < command-line flags. The TOML file is
+//! kebab-case and rejects unknown keys; the binary applies env and flags on top of the loaded struct. [`Config::validate`]
+//! runs last, so every layer is checked, and each error names the offending field.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchboard_proto::IceServer;
+
+/// Everything `switchboard serve` can be told.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The websocket signaling listener (which also serves `/livez` and `/readyz`).
+    pub signaling: SignalingConfig,
+    /// What the register accept advertises as the built-in STUN/TURN server.
+    pub turn: TurnConfig,
+    /// External STUN/TURN servers appended to every register accept's `ice_servers`, after the built-in one.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// The signaling listener and per-session limits.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SignalingConfig {
+    /// Address of the ws listener; port 0 picks a free port (the bound address is logged).
+    pub listen: SocketAddr,
+    /// Largest accepted message, after reassembly; one byte more is closed with 1009.
+    pub max_message_size: usize,
+    /// Outbound messages queued per session before it counts as a slow consumer and is disconnected.
+    pub outbound_queue: usize,
+    /// Bytes read from a socket at once; also the buffer an idle connection keeps.
+    pub read_buffer_size: usize,
+    /// A session silent this long is pinged.
+    #[serde(with = "humantime_serde")]
+    pub ping_after: Duration,
+    /// A session that sent no frame at all (pongs included) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A call neither accepted nor rejected within this time ends with `call_timeout` (SPEC.md §4.3).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// How long a graceful shutdown waits for sessions to close before it drops them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// The built-in STUN/TURN server as advertised to clients.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TurnConfig {
+    /// Advertise `turn:` URLs (relaying); when false the built-in server is advertised as `stun:` only.
+    pub enabled: bool,
+    /// Addresses clients reach the STUN/TURN server at; one URL each. Empty: the first non-loopback interface.
+    pub external_ips: Vec<IpAddr>,
+    /// The advertised STUN/TURN port.
+    pub port: u16,
+    /// Which credential each register accept carries.
+    pub credentials: CredentialMode,
+    /// The username handed out in `static` mode.
+    pub static_username: String,
+    /// The password handed out in `static` mode; empty means "generate one at start".
+    pub static_password: String,
+}
+
+/// How TURN credentials are issued.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialMode {
+    /// The same configured username/password for everyone, as ZLMediaKit does.
+    Static,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            max_message_size: 256 * 1024,
+            outbound_queue: 256,
+            read_buffer_size: 4096,
+            ping_after: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: true,
+            external_ips: Vec::new(),
+            port: 3478,
+            credentials: CredentialMode::Static,
+            static_username: "switchboard".into(),
+            static_password: String::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { signaling: SignalingConfig::default(), turn: TurnConfig::default(), ice_servers: Vec::new() }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: field \"{field}\": {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl Config {
+    /// Parses TOML text; errors name the field path, e.g. `signaling.listen`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_owned();
+            ConfigError::Parse(if path == "." { msg } else { format!("field \"{path}\": {msg}") })
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text)
+    }
+
+    /// Checks what types alone cannot express. Run it after every layer has been applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.signaling;
+        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        if s.max_message_size < 1024 {
+            return invalid("signaling.max-message-size", "must be at least 1024 bytes");
+        }
+        if s.outbound_queue == 0 {
+            return invalid("signaling.outbound-queue", "must be at least 1");
+        }
+        if s.read_buffer_size < 256 {
+            return invalid("signaling.read-buffer-size", "must be at least 256 bytes");
+        }
+        if s.ping_after.is_zero() {
+            return invalid("signaling.ping-after", "must be positive");
+        }
+        if s.idle_timeout <= s.ping_after {
+            return invalid("signaling.idle-timeout", "must be longer than signaling.ping-after");
+        }
+        if s.call_timeout.is_zero() {
+            return invalid("signaling.call-timeout", "must be positive");
+        }
+        if self.turn.port == 0 {
+            return invalid("turn.port", "must not be 0");
+        }
+        if self.turn.credentials == CredentialMode::Static && self.turn.static_username.is_empty() {
+            return invalid("turn.static-username", "must not be empty in static mode");
+        }
+        if let Some(bad) = self.ice_servers.iter().find(|s| !is_ice_url(&s.url)) {
+            return Err(ConfigError::Invalid {
+                field: "ice-servers.url",
+                problem: format!("{:?} is not a stun:/stuns:/turn:/turns: URL", bad.url),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn is_ice_url(url: &str) -> bool {
+    ["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p) && url.len() > p.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_zlmediakit_ports() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.signaling.listen.port(), 3000);
+        assert_eq!(c.turn.port, 3478);
+        assert_eq!(c.signaling.max_message_size, 262_144);
+    }
+
+    #[test]
+    fn sample_config_in_the_repo_parses_and_is_valid() {
+        let text = include_str!("../../../switchboard.sample.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c = Config::from_toml(
+            "[signaling]\nlisten = \"127.0.0.1:0\"\ncall-timeout = \"5s\"\n[turn]\nexternal-ips = [\"10.0.0.1\", \"::1\"]\n\
+             [[ice-servers]]\nurl = \"stun:stun.example.org:3478\"\nufrag = \"\"\npwd = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.signaling.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.signaling.call_timeout, Duration::from_secs(5));
+        assert_eq!(c.turn.external_ips.len(), 2);
+        assert_eq!(c.ice_servers[0].url, "stun:stun.example.org:3478");
+        assert_eq!(c.signaling.ping_after, Duration::from_secs(10), "untouched fields keep defaults");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml("[signaling]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("signaling.listen"), "{e}");
+        let e = Config::from_toml("[signaling]\nlisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[turn]\nport = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("turn.port"), "{e}");
+        let mut c = Config::default();
+        c.signaling.idle_timeout = Duration::from_secs(1);
+        assert!(c.validate().unwrap_err().to_string().contains("signaling.idle-timeout"));
+        let mut c = Config::default();
+        c.ice_servers.push(IceServer { url: "http://x".into(), ufrag: String::new(), pwd: String::new() });
+        assert!(c.validate().unwrap_err().to_string().contains("ice-servers.url"));
+    }
+}

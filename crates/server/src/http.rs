@@ -1,0 +1,84 @@
+//! The HTTP side of the signaling listener.
+//!
+//! A request that carries a websocket upgrade is a signaling connection whatever its path (SPEC.md §1, as ZLMediaKit
+//! does), so upgrades are taken before routing. Plain requests reach `/livez`, `/readyz` or a 404.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SignalingConfig;
+use crate::hub::Hub;
+use crate::session;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<dyn Hub>,
+    pub config: Arc<SignalingConfig>,
+    /// Cancelled when graceful shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Tracks every websocket session, which axum itself does not (tokio-rs/axum#3003).
+    pub sessions: TaskTracker,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(state.clone(), take_upgrades))
+        .with_state(state)
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_websocket_upgrade(req.headers()) {
+        return next.run(req).await;
+    }
+    let (mut parts, _body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let c = &app.config;
+    upgrade
+        .read_buffer_size(c.read_buffer_size)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(c.max_message_size)
+        .max_frame_size(c.max_message_size)
+        .on_upgrade(move |ws| {
+            let AppState { hub, config, shutdown, sessions } = app;
+            sessions.track_future(session::run(ws, peer, hub, config, shutdown))
+        })
+}

@@ -1,0 +1,40 @@
+//! The hub: who holds which room, which calls exist, and where each message goes.
+//!
+//! Session code talks only to the [`Hub`] trait, so a cluster backend can replace [`MemoryHub`] without touching the
+//! websocket layer. Every implementation must keep these invariants:
+//! - Each state change is atomic (one lock or one actor message): "register if absent" can never race.
+//! - Relayed messages go out as the original frame bytes; the hub never re-serialises them.
+//! - A room id is freed the moment its holder unregisters or detaches; an old session's detach never frees a newer
+//!   registration of the same id.
+//! - Every counterpart of a detaching or unregistering session gets `bye` ("peer unregister"), except during shutdown,
+//!   when no bye is sent at all (SPEC.md §6).
+//! - Sending never blocks: a recipient whose queue is full is disconnected, and its own counterparts get their byes.
+
+mod memory;
+
+use axum::extract::ws::Utf8Bytes;
+use switchboard_proto::{Message, Reject};
+
+pub use memory::MemoryHub;
+
+use crate::outbox::Outbox;
+
+/// Identifies one websocket session for the lifetime of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Rooms and routing, as the session layer sees them.
+pub trait Hub: Send + Sync + 'static {
+    /// A new session; replies and relayed messages for it go to `outbox`.
+    fn attach(&self, outbox: Outbox) -> SessionId;
+
+    /// Handles one validated message from `session`. `raw` is the frame exactly as received, forwarded verbatim when
+    /// the message is relayed. A client mistake comes back as the reject to send to the sender.
+    fn dispatch<'m>(&self, session: SessionId, msg: &'m Message<'_>, raw: &Utf8Bytes) -> Result<(), Reject<'m>>;
+
+    /// The session is gone: free its room and end its calls.
+    fn detach(&self, session: SessionId);
+
+    /// From now on, detaching sessions end their calls silently (no bye): the server is going down.
+    fn begin_shutdown(&self);
+}

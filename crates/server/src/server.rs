@@ -1,0 +1,95 @@
+//! Binding the listeners and running until shutdown.
+//!
+//! Shutdown order (SPEC.md §6): stop accepting, tell the hub to send no more byes, close every session with 1001,
+//! then wait for the sessions — at most `shutdown-grace` — before returning.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::hub::{Hub, MemoryHub};
+use crate::http::{router, AppState};
+use crate::ice::{detect_external_ip, IceServers};
+
+/// Failures of the server itself (not of one session).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind signaling listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("signaling listener failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A server whose listeners are bound; [`Server::run`] serves until shutdown.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    grace: std::time::Duration,
+    /// Cancelled by whoever wants the server to stop; sessions are told only after the hub is.
+    trigger: CancellationToken,
+}
+
+impl Server {
+    /// Validates `config` and binds every listener. Bound addresses are logged (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let detected = detect_external_ip();
+        let (ice, generated) = IceServers::new(&config, detected);
+        if generated.is_some() {
+            info!("turn.static-password not configured: generated a random one for this run");
+        }
+        let addr = config.signaling.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        info!(addr = %local_addr, "signaling listening");
+        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
+        let state = AppState {
+            hub,
+            config: Arc::new(config.signaling.clone()),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
+        let trigger = CancellationToken::new();
+        Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger })
+    }
+
+    /// The bound signaling address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancel this token to begin graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.trigger.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let Server { listener, state, grace, trigger, .. } = self;
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (hub, sessions_stop) = (state.hub.clone(), state.shutdown.clone());
+        let stop_accepting = async move {
+            trigger.cancelled().await;
+            // The hub first, so that no session closing from here on can send a bye.
+            hub.begin_shutdown();
+            sessions_stop.cancel();
+        };
+        axum::serve(listener, app).with_graceful_shutdown(stop_accepting).await.map_err(ServerError::Serve)?;
+        state.sessions.close();
+        let open = state.sessions.len();
+        info!(open, "shutting down: closing sessions");
+        if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+            warn!(remaining = state.sessions.len(), "shutdown grace period over; dropping remaining sessions");
+        }
+        info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! One websocket signaling session: a reader loop (this task) and a writer task fed by the bounded [`Outbox`].
+//!
+//! Invariants:
+//! - Client mistakes (bad JSON, missing fields, routing errors) are answered with a `reject`; the session lives on.
+//! - Transport faults end the session with the right close code: 1009 for an oversized message, 1003 for a binary
+//!   frame, 1007 for invalid UTF-8, 1001 on shutdown. Whatever ends it, the hub is told exactly once ([`Hub::detach`]).
+//! - Keepalive: a ping after `ping-after` of silence (repeated at that interval), close after `idle-timeout` without any
+//!   frame. The timer is re-armed only when it fires, so the per-message cost is one clock read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use switchboard_proto::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+
+use crate::config::SignalingConfig;
+use crate::hub::Hub;
+use crate::outbox::{Cause, Outbox, Outgoing};
+
+/// Close codes (RFC 6455 §7.4.1).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// How long a closing session waits for the peer to acknowledge the close before dropping the connection.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Serves one upgraded websocket until it ends.
+pub async fn run(ws: WebSocket, peer: SocketAddr, hub: Arc<dyn Hub>, config: Arc<SignalingConfig>, shutdown: CancellationToken) {
+    let span = tracing::debug_span!("session", peer.addr = %peer, session = tracing::field::Empty);
+    async move {
+        let (sink, mut stream) = ws.split();
+        let (outbox, rx, kill) = Outbox::new(config.outbound_queue);
+        let id = hub.attach(outbox.clone());
+        tracing::Span::current().record("session", id.0);
+        debug!("session opened");
+        let (close_tx, close_rx) = oneshot::channel();
+        let mut writer = tokio::spawn(write_loop(sink, rx, close_rx));
+
+        let (cause, code, reason) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => (Cause::Shutdown, close::GOING_AWAY, "server shutting down"),
+            cause = kill.killed() => (cause, close_code(cause), cause.as_str()),
+            end = read_loop(&mut stream, id, &*hub, &outbox, &config) => end,
+        };
+        hub.detach(id);
+        debug!(cause = cause.as_str(), code, "session closing");
+        let _ = close_tx.send(CloseFrame { code, reason: Utf8Bytes::from_static(reason) });
+        // Let the writer send the close frame and the peer answer it, then drop the connection either way.
+        let linger = async {
+            let _ = (&mut writer).await;
+            while let Some(Ok(_)) = stream.next().await {}
+        };
+        if tokio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
+            writer.abort();
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads frames until the session must end; returns why, with the close code to send.
+async fn read_loop(
+    stream: &mut SplitStream<WebSocket>,
+    id: crate::hub::SessionId,
+    hub: &dyn Hub,
+    outbox: &Outbox,
+    config: &SignalingConfig,
+) -> (Cause, u16, &'static str) {
+    let mut last_rx = Instant::now();
+    let keepalive = sleep_until(last_rx + config.ping_after);
+    tokio::pin!(keepalive);
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            () = &mut keepalive => {
+                let now = Instant::now();
+                if now >= last_rx + config.idle_timeout {
+                    return (Cause::Timeout, close::NORMAL, "idle timeout");
+                }
+                if now >= last_rx + config.ping_after {
+                    outbox.ping();
+                    keepalive.as_mut().reset((now + config.ping_after).min(last_rx + config.idle_timeout));
+                } else {
+                    keepalive.as_mut().reset(last_rx + config.ping_after);
+                }
+                continue;
+            }
+        };
+        last_rx = Instant::now();
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => handle_text(id, hub, outbox, text),
+            Some(Ok(WsMessage::Binary(_))) => return (Cause::Protocol, close::UNSUPPORTED_DATA, "binary frames are not supported"),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            Some(Ok(WsMessage::Close(_))) | None => return (Cause::Closed, close::NORMAL, ""),
+            Some(Err(e)) => return transport_error(e),
+        }
+    }
+}
+
+fn handle_text(id: crate::hub::SessionId, hub: &dyn Hub, outbox: &Outbox, text: Utf8Bytes) {
+    let reject = match Message::parse(text.as_str()) {
+        Ok(msg) => match hub.dispatch(id, &msg, &text) {
+            Ok(()) => return,
+            Err(reject) => reject.to_json(),
+        },
+        Err(reject) => reject.to_json(),
+    };
+    debug!(reject = %reject, "rejected");
+    outbox.send(reject.into());
+}
+
+/// Maps a websocket read error to how the session ends.
+fn transport_error(e: axum::Error) -> (Cause, u16, &'static str) {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => (Cause::Protocol, close::TOO_BIG, "message too big"),
+        Some(tungstenite::Error::Utf8(_)) => (Cause::Protocol, close::INVALID_PAYLOAD, "invalid UTF-8"),
+        _ => {
+            debug!(error = %inner, "websocket read failed");
+            (Cause::Closed, close::NORMAL, "")
+        }
+    }
+}
+
+fn close_code(cause: Cause) -> u16 {
+    match cause {
+        Cause::SlowConsumer => close::POLICY,
+        Cause::Shutdown => close::GOING_AWAY,
+        Cause::Timeout | Cause::Closed | Cause::Protocol => close::NORMAL,
+    }
+}
+
+/// Drains the outbox into the socket, batching whatever is queued into one flush, until told to close.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut close: oneshot::Receiver<CloseFrame>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            frame = &mut close => {
+                if let Ok(frame) = frame {
+                    let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                }
+                return;
+            }
+            item = rx.recv() => {
+                let Some(item) = item else { return };
+                if sink.feed(ws_message(item)).await.is_err() {
+                    return;
+                }
+                while let Ok(item) = rx.try_recv() {
+                    if sink.feed(ws_message(item)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn ws_message(item: Outgoing) -> WsMessage {
+    match item {
+        Outgoing::Text(t) => WsMessage::Text(t),
+        Outgoing::Ping => WsMessage::Ping(Default::default()),
+    }
+}

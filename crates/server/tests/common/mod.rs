@@ -1,0 +1,193 @@
+//! Test harness: a real server on 127.0.0.1:0 and real websocket clients (tokio-tungstenite).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_server::{Config, Server};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<Result<(), switchboard_server::ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.signaling.listen = "127.0.0.1:0".parse().unwrap();
+        config.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
+        config.turn.static_password = "test-pass".into();
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr();
+        let stop = server.shutdown_token();
+        let task = tokio::spawn(server.run());
+        TestServer { addr, stop, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/signaling", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    /// A client that registered `room`.
+    pub async fn registered(&self, room: &str) -> Client {
+        let mut c = self.client().await;
+        let accept = c.request(json!({"class":"request","method":"register","room_id":room})).await;
+        assert_eq!(accept["class"], "accept", "{accept}");
+        c
+    }
+}
+
+/// What a client observed next.
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_tid: u32,
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        Client { ws, next_tid: 0 }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::Text(text.into().into())).await.expect("send");
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// Sends a request with a fresh transaction id and returns the next message (its answer).
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        self.next_tid += 1;
+        if v.get("transaction_id").is_none() {
+            v["transaction_id"] = json!(format!("tid{}", self.next_tid));
+        }
+        self.send(v).await;
+        self.recv().await
+    }
+
+    /// The next text message, skipping pings and pongs, within `limit`.
+    pub async fn event_within(&mut self, limit: Duration) -> Event {
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        return Event::Json(serde_json::from_str(t.as_str()).expect("server sent valid JSON"))
+                    }
+                    Some(Ok(Message::Close(frame))) => return Event::Closed(frame.map(|f| u16::from(f.code))),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Event::Closed(None),
+                }
+            }
+        };
+        tokio::time::timeout(limit, next).await.expect("timed out waiting for a message")
+    }
+
+    /// The next text frame exactly as received.
+    pub async fn recv_raw(&mut self) -> String {
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, next).await.expect("timed out waiting for a message")
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        match self.event_within(WAIT).await {
+            Event::Json(v) => v,
+            Event::Closed(code) => panic!("connection closed ({code:?}) while a message was expected"),
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and every message seen before it.
+    pub async fn until_closed(&mut self, limit: Duration) -> (Option<u16>, Vec<Value>) {
+        let mut seen = Vec::new();
+        loop {
+            match self.event_within(limit).await {
+                Event::Json(v) => seen.push(v),
+                Event::Closed(code) => return (code, seen),
+            }
+        }
+    }
+
+    /// Asserts that nothing is queued for this client: a probe's reject must be the very next message.
+    pub async fn assert_nothing_pending(&mut self) {
+        self.send(json!({"class":"request","method":"probe","transaction_id":"probe"})).await;
+        let next = self.recv().await;
+        assert_eq!(next["transaction_id"], "probe", "unexpected message before the probe's answer: {next}");
+        assert_eq!(next["code"], "unsupported");
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    code.into()
+}
+
+pub fn call(tid: &str, guest: &str, room: &str) -> Value {
+    json!({"class":"request","method":"call","transaction_id":tid,"guest_id":guest,"room_id":room,"type":"play",
+           "vhost":"__defaultVhost__","app":"live","stream":"test","sdp":"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"})
+}
+
+pub fn answer(class: &str, tid: &str, guest: &str, room: &str) -> Value {
+    json!({"class":class,"method":"call","transaction_id":tid,"guest_id":guest,"room_id":room,"type":"play",
+           "vhost":"__defaultVhost__","app":"live","stream":"test","sdp":"v=0\r\n"})
+}
+
+pub fn candidate(guest: &str, room: &str, line: &str) -> Value {
+    json!({"class":"indication","method":"candidate","transaction_id":"c1","guest_id":guest,"room_id":room,
+           "candidate":line,"ufrag":"uf","pwd":"pw"})
+}
+
+pub fn bye(guest: &str, room: &str) -> Value {
+    json!({"class":"indication","method":"bye","transaction_id":"b1","guest_id":guest,"room_id":room})
+}
+
+/// Asserts `v` is the server's bye for (guest, room) with `reason`, with a fresh 32-character transaction id.
+pub fn assert_server_bye(v: &Value, guest: &str, room: &str, reason: &str) {
+    assert_eq!(v["class"], "indication", "{v}");
+    assert_eq!(v["method"], "bye", "{v}");
+    assert_eq!(v["guest_id"], guest, "{v}");
+    assert_eq!(v["room_id"], room, "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+    let tid = v["transaction_id"].as_str().unwrap();
+    assert_eq!(tid.len(), 32, "{v}");
+    assert!(tid.chars().all(|c| c.is_ascii_alphanumeric()), "{v}");
+}
+
+pub fn assert_reject(v: &Value, code: &str) {
+    assert_eq!(v["class"], "reject", "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+}
