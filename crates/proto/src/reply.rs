@@ -55,15 +55,16 @@ impl<'a> Echo<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reject<'a> {
     class: &'static str,
+    /// Boxed: rejects are the cold path, and this keeps `Result<_, Reject>` small on the hot one.
     #[serde(flatten)]
-    pub echo: Echo<'a>,
+    pub echo: Box<Echo<'a>>,
     pub reason: String,
     pub code: RejectCode,
 }
 
 impl<'a> Reject<'a> {
     pub fn new(code: RejectCode, reason: String, echo: Echo<'a>) -> Self {
-        Reject { class: "reject", echo, reason, code }
+        Reject { class: "reject", echo: Box::new(echo), reason, code }
     }
 
     /// The wire text.

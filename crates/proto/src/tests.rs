@@ -101,7 +101,8 @@ fn bad_json_cases() {
 
 #[test]
 fn duplicate_known_field_is_bad_json() {
-    let text = r#"{"class":"indication","method":"bye","transaction_id":"t","guest_id":"a","guest_id":"b","room_id":"r"}"#;
+    let text =
+        r#"{"class":"indication","method":"bye","transaction_id":"t","guest_id":"a","guest_id":"b","room_id":"r"}"#;
     assert_eq!(Message::parse(text).unwrap_err().code, RejectCode::BadJson);
 }
 
@@ -215,7 +216,9 @@ fn rejects_echo_call_details_like_zlmediakit() {
     let mut c = call();
     c["type"] = json!("bogus");
     let r = reject_of(c);
-    for (k, v) in [("app", "live"), ("guest_id", "g1"), ("room_id", "r1"), ("stream", "s"), ("vhost", "__defaultVhost__")] {
+    for (k, v) in
+        [("app", "live"), ("guest_id", "g1"), ("room_id", "r1"), ("stream", "s"), ("vhost", "__defaultVhost__")]
+    {
         assert_eq!(r[k], v, "{k}");
     }
     assert_eq!(r["class"], "reject");
@@ -223,7 +226,8 @@ fn rejects_echo_call_details_like_zlmediakit() {
 
     let text = call().to_string();
     let msg = Message::parse(&text).unwrap();
-    let r: Value = serde_json::from_str(&msg.reject(RejectCode::RoomNotFound, "room_id: \"r1\" unregistered").to_json()).unwrap();
+    let r: Value =
+        serde_json::from_str(&msg.reject(RejectCode::RoomNotFound, "room_id: \"r1\" unregistered").to_json()).unwrap();
     assert_eq!(
         r,
         json!({"class":"reject","method":"call","transaction_id":"t1","room_id":"r1","guest_id":"g1","type":"play",

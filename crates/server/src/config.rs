@@ -12,7 +12,7 @@ use serde::Deserialize;
 use switchboard_proto::IceServer;
 
 /// Everything `switchboard serve` can be told.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// The websocket signaling listener (which also serves `/livez` and `/readyz`).
@@ -100,12 +100,6 @@ impl Default for TurnConfig {
             static_username: "switchboard".into(),
             static_password: String::new(),
         }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { signaling: SignalingConfig::default(), turn: TurnConfig::default(), ice_servers: Vec::new() }
     }
 }
 

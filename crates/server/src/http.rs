@@ -48,10 +48,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) -> Response {

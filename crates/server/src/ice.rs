@@ -91,7 +91,11 @@ mod tests {
         let urls: Vec<_> = ice.for_room("r").iter().map(|s| s.url.as_str()).collect();
         assert_eq!(
             urls,
-            ["turn:203.0.113.7:3478?transport=udp", "turn:[2001:db8::1]:3478?transport=udp", "stun:stun.example.org:3478"]
+            [
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:[2001:db8::1]:3478?transport=udp",
+                "stun:stun.example.org:3478"
+            ]
         );
         assert_eq!(ice.for_room("r")[0].ufrag, "switchboard");
         assert_eq!(ice.for_room("r")[0].pwd, "secret");

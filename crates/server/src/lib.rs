@@ -5,11 +5,13 @@
 //! - [`session`] and [`outbox`]: one websocket session, with its bounded outbound queue.
 //! - [`http`]: the listener's HTTP side (upgrade on any path, `/livez`, `/readyz`).
 //! - [`server`]: binding, serving and graceful shutdown.
+//! - [`memnet`]: an in-process listener for paused-time tests and embedding.
 
 pub mod config;
-pub mod hub;
 pub mod http;
+pub mod hub;
 pub mod ice;
+pub mod memnet;
 pub mod outbox;
 pub mod server;
 pub mod session;

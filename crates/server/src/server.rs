@@ -6,15 +6,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::future::Future;
+
+use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::hub::{Hub, MemoryHub};
 use crate::http::{router, AppState};
+use crate::hub::{Hub, MemoryHub};
 use crate::ice::{detect_external_ip, IceServers};
+use crate::memnet::{self, MemoryConnector, MemoryListener};
 
 /// Failures of the server itself (not of one session).
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +31,15 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
+/// Where connections come from.
+enum Listening {
+    Tcp(TcpListener),
+    Memory(MemoryListener),
+}
+
 /// A server whose listeners are bound; [`Server::run`] serves until shutdown.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listening,
     local_addr: SocketAddr,
     state: AppState,
     grace: std::time::Duration,
@@ -41,15 +51,28 @@ impl Server {
     /// Validates `config` and binds every listener. Bound addresses are logged (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let addr = config.signaling.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        info!(addr = %local_addr, "signaling listening");
+        Ok(Server::new(config, Listening::Tcp(listener), local_addr))
+    }
+
+    /// Like [`Server::bind`], but connections are in-memory pipes opened with the returned connector
+    /// (see [`crate::memnet`]); `signaling.listen` is ignored.
+    pub fn in_memory(config: Config) -> Result<(Server, MemoryConnector), ServerError> {
+        config.validate()?;
+        let (listener, connector) = memnet::pair();
+        let local = SocketAddr::from(([0, 0, 0, 0], 0));
+        Ok((Server::new(config, Listening::Memory(listener), local), connector))
+    }
+
+    fn new(config: Config, listener: Listening, local_addr: SocketAddr) -> Server {
         let detected = detect_external_ip();
         let (ice, generated) = IceServers::new(&config, detected);
         if generated.is_some() {
             info!("turn.static-password not configured: generated a random one for this run");
         }
-        let addr = config.signaling.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-        info!(addr = %local_addr, "signaling listening");
         let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
         let state = AppState {
             hub,
@@ -58,7 +81,7 @@ impl Server {
             sessions: TaskTracker::new(),
         };
         let trigger = CancellationToken::new();
-        Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger })
+        Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger }
     }
 
     /// The bound signaling address.
@@ -74,7 +97,6 @@ impl Server {
     /// Serves until the shutdown token is cancelled, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServerError> {
         let Server { listener, state, grace, trigger, .. } = self;
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (hub, sessions_stop) = (state.hub.clone(), state.shutdown.clone());
         let stop_accepting = async move {
             trigger.cancelled().await;
@@ -82,7 +104,16 @@ impl Server {
             hub.begin_shutdown();
             sessions_stop.cancel();
         };
-        axum::serve(listener, app).with_graceful_shutdown(stop_accepting).await.map_err(ServerError::Serve)?;
+        match listener {
+            Listening::Tcp(l) => {
+                let l = l.tap_io(|tcp| {
+                    // Signaling is small request/response messages: never wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
+                });
+                serve(l, &state, stop_accepting).await?
+            }
+            Listening::Memory(l) => serve(l, &state, stop_accepting).await?,
+        }
         state.sessions.close();
         let open = state.sessions.len();
         info!(open, "shutting down: closing sessions");
@@ -92,4 +123,19 @@ impl Server {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Serves HTTP and websocket upgrades on `listener` until `stop` completes.
+async fn serve<L>(
+    listener: L,
+    state: &AppState,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    // `tap_io` gives any listener axum's `SocketAddr` connect info.
+    let listener = listener.tap_io(|_| {});
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(ServerError::Serve)
 }

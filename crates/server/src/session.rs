@@ -38,7 +38,13 @@ mod close {
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded websocket until it ends.
-pub async fn run(ws: WebSocket, peer: SocketAddr, hub: Arc<dyn Hub>, config: Arc<SignalingConfig>, shutdown: CancellationToken) {
+pub async fn run(
+    ws: WebSocket,
+    peer: SocketAddr,
+    hub: Arc<dyn Hub>,
+    config: Arc<SignalingConfig>,
+    shutdown: CancellationToken,
+) {
     let span = tracing::debug_span!("session", peer.addr = %peer, session = tracing::field::Empty);
     async move {
         let (sink, mut stream) = ws.split();
@@ -102,7 +108,9 @@ async fn read_loop(
         last_rx = Instant::now();
         match frame {
             Some(Ok(WsMessage::Text(text))) => handle_text(id, hub, outbox, text),
-            Some(Ok(WsMessage::Binary(_))) => return (Cause::Protocol, close::UNSUPPORTED_DATA, "binary frames are not supported"),
+            Some(Ok(WsMessage::Binary(_))) => {
+                return (Cause::Protocol, close::UNSUPPORTED_DATA, "binary frames are not supported")
+            }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
             Some(Ok(WsMessage::Close(_))) | None => return (Cause::Closed, close::NORMAL, ""),
             Some(Err(e)) => return transport_error(e),

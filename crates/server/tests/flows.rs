@@ -9,7 +9,8 @@ use serde_json::json;
 async fn register_with_and_without_room_id() {
     let server = TestServer::start().await;
     let mut a = server.client().await;
-    let accept = a.request(json!({"class":"request","method":"register","transaction_id":"t1","room_id":"room_1"})).await;
+    let accept =
+        a.request(json!({"class":"request","method":"register","transaction_id":"t1","room_id":"room_1"})).await;
     assert_eq!(
         accept,
         json!({"class":"accept","method":"register","transaction_id":"t1","room_id":"room_1",
@@ -44,8 +45,12 @@ async fn ice_servers_list_every_external_address_then_external_servers() {
     .await;
     let mut a = server.client().await;
     let accept = a.request(json!({"class":"request","method":"register","room_id":"r"})).await;
-    let urls: Vec<_> = accept["ice_servers"].as_array().unwrap().iter().map(|s| s["url"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(urls, ["turn:10.1.2.3:3479?transport=udp", "turn:[::1]:3479?transport=udp", "stun:stun.example.org:3478"]);
+    let urls: Vec<_> =
+        accept["ice_servers"].as_array().unwrap().iter().map(|s| s["url"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        urls,
+        ["turn:10.1.2.3:3479?transport=udp", "turn:[::1]:3479?transport=udp", "stun:stun.example.org:3478"]
+    );
 }
 
 #[tokio::test]
@@ -206,7 +211,8 @@ async fn unregister_accepts_then_byes_and_frees_the_room() {
     caller.send(call("T", "g", "a")).await;
     callee.recv().await;
 
-    let accept = callee.request(json!({"class":"request","method":"unregister","transaction_id":"u1","room_id":"a"})).await;
+    let accept =
+        callee.request(json!({"class":"request","method":"unregister","transaction_id":"u1","room_id":"a"})).await;
     assert_eq!(accept, json!({"class":"accept","method":"unregister","transaction_id":"u1","room_id":"a"}));
     assert_server_bye(&caller.recv().await, "g", "a", "peer unregister");
 

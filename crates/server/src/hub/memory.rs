@@ -115,7 +115,8 @@ impl Hub for MemoryHub {
                     return Err(msg.reject(RejectCode::NotRegistered, "unregistered"));
                 };
                 if **room_id != *own {
-                    return Err(msg.reject(RejectCode::RoomMismatch, format!("room_id: \"{room_id}\" not match room_id: {own}")));
+                    return Err(msg
+                        .reject(RejectCode::RoomMismatch, format!("room_id: \"{room_id}\" not match room_id: {own}")));
                 }
                 st.send(sid, UnregisterAccept::new(&msg.transaction_id, &own).to_json().into());
                 st.release(sid);
@@ -139,7 +140,13 @@ impl Hub for MemoryHub {
                 let guest_key: Arc<str> = Arc::from(&**guest_id);
                 st.next_call += 1;
                 let serial = st.next_call;
-                let timer = spawn_call_timer(Arc::downgrade(inner), inner.call_timeout, room_key.clone(), guest_key.clone(), serial);
+                let timer = spawn_call_timer(
+                    Arc::downgrade(inner),
+                    inner.call_timeout,
+                    room_key.clone(),
+                    guest_key.clone(),
+                    serial,
+                );
                 let pending = Pending { serial, offer: raw.clone(), timer };
                 if let Some(room) = st.rooms.get_mut(&room_key) {
                     room.guests.insert(guest_key.clone(), Guest { caller: sid, pending: Some(pending) });
@@ -190,7 +197,9 @@ impl Hub for MemoryHub {
                 } else {
                     // From a caller: only the one that owns the guest id, towards the room owner.
                     let Some(room) = st.rooms.get(&**room_id) else {
-                        return Err(msg.reject(RejectCode::RoomNotFound, format!("room_id: \"{room_id}\" unregistered")));
+                        return Err(
+                            msg.reject(RejectCode::RoomNotFound, format!("room_id: \"{room_id}\" unregistered"))
+                        );
                     };
                     match room.guests.get(&**guest_id) {
                         Some(g) if g.caller == sid => room.owner,

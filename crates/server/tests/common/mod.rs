@@ -6,18 +6,31 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_server::memnet::MemoryConnector;
 use switchboard_server::{Config, Server};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestServer {
     pub addr: SocketAddr,
     pub stop: CancellationToken,
     pub task: JoinHandle<Result<(), switchboard_server::ServerError>>,
+    /// Set for an in-memory server (paused-time tests): connections are pipes, not sockets.
+    memory: Option<MemoryConnector>,
+}
+
+fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::default();
+    config.signaling.listen = "127.0.0.1:0".parse().unwrap();
+    config.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
+    config.turn.static_password = "test-pass".into();
+    tweak(&mut config);
+    config
 }
 
 impl TestServer {
@@ -26,16 +39,20 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
-        config.signaling.listen = "127.0.0.1:0".parse().unwrap();
-        config.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
-        config.turn.static_password = "test-pass".into();
-        tweak(&mut config);
-        let server = Server::bind(config).await.expect("bind");
+        let server = Server::bind(test_config(tweak)).await.expect("bind");
         let addr = server.local_addr();
         let stop = server.shutdown_token();
         let task = tokio::spawn(server.run());
-        TestServer { addr, stop, task }
+        TestServer { addr, stop, task, memory: None }
+    }
+
+    /// The same server over in-memory pipes, for tests in paused time (see `switchboard_server::memnet`).
+    pub fn in_memory(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let (server, connector) = Server::in_memory(test_config(tweak)).expect("config");
+        let addr = server.local_addr();
+        let stop = server.shutdown_token();
+        let task = tokio::spawn(server.run());
+        TestServer { addr, stop, task, memory: Some(connector) }
     }
 
     pub fn url(&self) -> String {
@@ -43,7 +60,16 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.url()).await
+        match &self.memory {
+            None => Client::connect(&self.url()).await,
+            Some(connector) => {
+                let pipe = connector.connect().await.expect("memory connect");
+                let (ws, _) = tokio_tungstenite::client_async(self.url(), Box::new(pipe) as Box<dyn Stream>)
+                    .await
+                    .expect("handshake");
+                Client { ws, next_tid: 0 }
+            }
+        }
     }
 
     /// A client that registered `room`.
@@ -62,8 +88,12 @@ pub enum Event {
     Closed(Option<u16>),
 }
 
+/// A byte stream a test client runs over: a TCP socket or an in-memory pipe.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ws: WebSocketStream<Box<dyn Stream>>,
     next_tid: u32,
 }
 
@@ -71,7 +101,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let addr = url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url, Box::new(tcp) as Box<dyn Stream>).await.expect("handshake");
         Client { ws, next_tid: 0 }
     }
 
