@@ -202,7 +202,11 @@ impl<'a> Message<'a> {
         if let Some(at) = self.integrity256_at {
             let l = attr_len(self.raw, at);
             let mac = hmac_over(self.raw, at, key, Mac::Sha256);
-            return if mac.len() >= l && constant_eq(&mac[..l], &self.raw[at + 4..at + 4 + l]) { Integrity::Valid } else { Integrity::Invalid };
+            return if mac.len() >= l && constant_eq(&mac[..l], &self.raw[at + 4..at + 4 + l]) {
+                Integrity::Valid
+            } else {
+                Integrity::Invalid
+            };
         }
         if let Some(at) = self.integrity_at {
             let mac = hmac_over(self.raw, at, key, Mac::Sha1);
@@ -281,8 +285,9 @@ pub(super) fn decode_xor_address(v: &[u8], txid: &[u8]) -> Option<SocketAddr> {
             Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
         }
         (0x02, 20) => {
-            let ip: [u8; 16] =
-                std::array::from_fn(|i| v[4 + i] ^ if i < 4 { cookie[i] } else { txid.get(i - 4).copied().unwrap_or(0) });
+            let ip: [u8; 16] = std::array::from_fn(|i| {
+                v[4 + i] ^ if i < 4 { cookie[i] } else { txid.get(i - 4).copied().unwrap_or(0) }
+            });
             Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
         }
         _ => None,

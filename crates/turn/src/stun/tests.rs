@@ -87,7 +87,9 @@ fn ipv6_xor_address_round_trips_and_sha256_integrity_verifies() {
 
 #[test]
 fn message_type_packing_round_trips() {
-    for method in [method::BINDING, method::ALLOCATE, method::REFRESH, method::SEND, method::DATA, method::CHANNEL_BIND, 0xABC] {
+    for method in
+        [method::BINDING, method::ALLOCATE, method::REFRESH, method::SEND, method::DATA, method::CHANNEL_BIND, 0xABC]
+    {
         for class in [Class::Request, Class::Indication, Class::Success, Class::Error] {
             assert_eq!(split_type(message_type(class, method)), (class, method));
         }
@@ -99,7 +101,8 @@ fn message_type_packing_round_trips() {
 #[test]
 fn attributes_after_integrity_are_ignored_and_tampering_is_detected() {
     let key = [1u8; 16];
-    let mut raw = Builder::new(Class::Request, method::REFRESH, [1; 12]).u32(attr::LIFETIME, 0).integrity(&key).finish();
+    let mut raw =
+        Builder::new(Class::Request, method::REFRESH, [1; 12]).u32(attr::LIFETIME, 0).integrity(&key).finish();
     let m = Message::parse(&raw).unwrap();
     assert_eq!(m.verify(&key), Integrity::Valid);
     // Append an attribute after MESSAGE-INTEGRITY: ignored, integrity still valid.

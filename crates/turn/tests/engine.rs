@@ -1,0 +1,500 @@
+//! The TURN engine in virtual time: a scripted client against `Engine`, no sockets, no clock.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use switchboard_turn::credentials::{ephemeral_password, ephemeral_username};
+use switchboard_turn::stun::{attr, long_term_key, method, Builder, Class, Message};
+use switchboard_turn::*;
+
+const REALM: &str = "switchboard";
+const SECRET: &[u8] = b"test-secret";
+const UNIX0: u64 = 1_700_000_000;
+
+struct World {
+    engine: Engine,
+    t0: Instant,
+    now: Instant,
+    next_port: u16,
+}
+
+struct TestClient {
+    who: Client,
+    user: String,
+    key: [u8; 16],
+    nonce: String,
+    sha256: bool,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl World {
+    fn new(tweak: impl FnOnce(&mut EngineConfig)) -> World {
+        let policy = PeerPolicy { allow: vec!["198.51.100.0/24".parse().unwrap()], ..Default::default() };
+        let mut config = EngineConfig::new(REALM, Credentials::Ephemeral { secret: SECRET.to_vec() }, policy);
+        tweak(&mut config);
+        let t0 = Instant::now();
+        World { engine: Engine::new(config, t0, UNIX0, [7; 32]), t0, now: t0, next_port: 50_000 }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.engine.handle_timeout(self.now);
+    }
+
+    fn unix(&self) -> u64 {
+        UNIX0 + (self.now - self.t0).as_secs()
+    }
+
+    fn client(&self, port: u16, transport: Transport, valid_for: u64) -> TestClient {
+        let user = ephemeral_username(self.unix() + valid_for, "room");
+        let key = long_term_key(&user, REALM, &ephemeral_password(SECRET, &user));
+        TestClient {
+            who: Client { transport, addr: SocketAddr::from(([192, 0, 2, 1], port)) },
+            user,
+            key,
+            nonce: String::new(),
+            sha256: false,
+        }
+    }
+
+    /// Sends a request and returns the parsed answer (owned bytes).
+    fn request(&mut self, c: &TestClient, b: Builder) -> Vec<u8> {
+        let raw = b.finish();
+        let out = self.engine.handle_client(self.now, c.who, &raw);
+        match out {
+            Some(Transmit::ToClient { to, data }) => {
+                assert_eq!(to, c.who);
+                data.into_owned()
+            }
+            None => self.finish_bind(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Plays the driver for a BindRelay event.
+    fn finish_bind(&mut self, c: &TestClient) -> Vec<u8> {
+        match self.engine.poll_event() {
+            Some(Event::BindRelay { client, .. }) => {
+                assert_eq!(client, c.who);
+                self.next_port += 1;
+                let relay = SocketAddr::from(([203, 0, 113, 1], self.next_port));
+                match self.engine.relay_bound(self.now, client, Ok(relay)) {
+                    Some(Transmit::ToClient { data, .. }) => data.into_owned(),
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("no answer and no bind request: {other:?}"),
+        }
+    }
+
+    fn signed(&self, c: &TestClient, m: u16) -> Builder {
+        Builder::new(Class::Request, m, rand::random())
+            .attr(attr::USERNAME, c.user.as_bytes())
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::NONCE, c.nonce.as_bytes())
+    }
+
+    fn seal(c: &TestClient, b: Builder) -> Builder {
+        let b = if c.sha256 { b.integrity(&c.key).integrity_sha256(&c.key) } else { b.integrity(&c.key) };
+        b.fingerprint()
+    }
+
+    /// 401 dance then a successful Allocate; returns the relay address.
+    fn allocate(&mut self, c: &mut TestClient) -> SocketAddr {
+        let first = Builder::new(Class::Request, method::ALLOCATE, rand::random())
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let resp = self.request(c, first);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.error_code(), Some(401));
+        assert!(resp.len() < 120, "unauthenticated answers stay small ({} bytes)", resp.len());
+        assert_eq!(m.text(attr::REALM), Some(REALM));
+        c.nonce = m.text(attr::NONCE).unwrap().to_owned();
+        let resp = self.allocate_again(c);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "allocate failed: {:?}", m.error_code());
+        assert_eq!(m.verify(&c.key), switchboard_turn::stun::Integrity::Valid);
+        assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(c.who.addr));
+        m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap()
+    }
+
+    fn allocate_again(&mut self, c: &TestClient) -> Vec<u8> {
+        let b = self.signed(c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        self.request(c, Self::seal(c, b))
+    }
+
+    fn code(&mut self, c: &TestClient, b: Builder) -> Option<u16> {
+        let resp = self.request(c, Self::seal(c, b));
+        let m = Message::parse(&resp).unwrap();
+        m.error_code()
+    }
+
+    fn permit(&mut self, c: &TestClient, peer: SocketAddr) -> Option<u16> {
+        let b = self.signed(c, method::CREATE_PERMISSION).xor_address(attr::XOR_PEER_ADDRESS, peer);
+        self.code(c, b)
+    }
+
+    fn bind_channel(&mut self, c: &TestClient, ch: u16, peer: SocketAddr) -> Option<u16> {
+        let b = self
+            .signed(c, method::CHANNEL_BIND)
+            .u32(attr::CHANNEL_NUMBER, u32::from(ch) << 16)
+            .xor_address(attr::XOR_PEER_ADDRESS, peer);
+        self.code(c, b)
+    }
+
+    fn refresh(&mut self, c: &TestClient, lifetime: u32) -> Vec<u8> {
+        let b = self.signed(c, method::REFRESH).u32(attr::LIFETIME, lifetime);
+        self.request(c, Self::seal(c, b))
+    }
+
+    fn send(&mut self, c: &TestClient, peer: SocketAddr, data: &[u8]) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let raw = Builder::new(Class::Indication, method::SEND, rand::random())
+            .xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, data)
+            .finish();
+        match self.engine.handle_client(self.now, c.who, &raw) {
+            Some(Transmit::ToPeer { relay, peer, data }) => Some((relay, peer, data.to_vec())),
+            None => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn from_peer(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(Client, Vec<u8>)> {
+        let mut buf = vec![0; CHANNEL_HEADROOM + payload.len() + 3];
+        buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + payload.len()].copy_from_slice(payload);
+        match self.engine.handle_peer(self.now, relay, peer, &mut buf, payload.len()) {
+            Some(Transmit::ToClient { to, data }) => Some((to, data.into_owned())),
+            None => None,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+const PEER: &str = "198.51.100.7:4000";
+
+#[test]
+fn binding_answers_with_the_mapped_address() {
+    let mut w = World::new(|_| {});
+    let c = w.client(1000, Transport::Udp, 600);
+    let resp = w.request(&c, Builder::new(Class::Request, method::BINDING, [1; 12]));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(c.who.addr));
+}
+
+#[test]
+fn allocate_permission_send_and_data_indication() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let relay = w.allocate(&mut c);
+    // No permission yet: dropped both ways.
+    assert!(w.send(&c, addr(PEER), b"hi").is_none());
+    assert!(w.from_peer(relay, addr(PEER), b"yo").is_none());
+    assert_eq!(w.permit(&c, addr(PEER)), None);
+    assert_eq!(w.send(&c, addr(PEER), b"hi"), Some((relay, addr(PEER), b"hi".to_vec())));
+    let (to, data) = w.from_peer(relay, addr(PEER), b"yo").unwrap();
+    assert_eq!(to, c.who);
+    let m = Message::parse(&data).unwrap();
+    assert_eq!((m.class(), m.method()), (Class::Indication, method::DATA));
+    assert_eq!(m.get(attr::DATA), Some(&b"yo"[..]));
+    assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Some(addr(PEER)));
+    // Permissions are per IP: another port of the same peer is fine.
+    assert!(w.send(&c, addr("198.51.100.7:4001"), b"x").is_some());
+    let s = w.engine.stats();
+    assert_eq!((s.allocations_total, s.packets_to_peers, s.packets_to_clients), (1, 2, 1));
+}
+
+#[test]
+fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut w = World::new(|_| {});
+        let mut c = w.client(1000, transport, 600);
+        let relay = w.allocate(&mut c);
+        assert_eq!(w.bind_channel(&c, 0x4001, addr(PEER)), None);
+        let out = w.engine.handle_client(w.now, c.who, &[0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0]);
+        assert_eq!(out, Some(Transmit::ToPeer { relay, peer: addr(PEER), data: b"abc" }));
+        let (_, data) = w.from_peer(relay, addr(PEER), b"xyz").unwrap();
+        let expected: &[u8] = match transport {
+            Transport::Udp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z'],
+            Transport::Tcp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z', 0],
+        };
+        assert_eq!(data, expected);
+        // Unknown channel: dropped.
+        assert!(w.engine.handle_client(w.now, c.who, &[0x40, 0x02, 0x00, 0x01, b'a']).is_none());
+        // Re-binding the same channel to another peer, or the peer to another channel, is refused.
+        assert_eq!(w.bind_channel(&c, 0x4001, addr("198.51.100.8:1")), Some(400));
+        assert_eq!(w.bind_channel(&c, 0x4002, addr(PEER)), Some(400));
+        assert_eq!(w.bind_channel(&c, 0x3FFF, addr("198.51.100.9:1")), Some(400), "channel numbers start at 0x4000");
+        assert_eq!(w.bind_channel(&c, 0x4001, addr(PEER)), None, "refreshing a binding is fine");
+    }
+}
+
+#[test]
+fn denied_peers_are_refused_with_403() {
+    let mut w = World::new(|c| c.policy.relay_ips = vec!["203.0.113.1".parse().unwrap()]);
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let relay = w.allocate(&mut c);
+    for peer in [
+        "127.0.0.1:9",
+        "10.0.0.1:9",
+        "0.0.0.0:9",
+        "[::]:9",
+        "[::ffff:127.0.0.1]:9",
+        "192.168.0.10:9",
+        "100.64.1.1:9",
+        "203.0.113.1:50001",
+    ] {
+        assert_eq!(w.permit(&c, addr(peer)), Some(403), "{peer}");
+        assert_eq!(w.bind_channel(&c, 0x4005, addr(peer)), Some(403), "{peer}");
+        assert!(w.send(&c, addr(peer), b"x").is_none());
+    }
+    assert!(w.from_peer(relay, addr("127.0.0.1:9"), b"x").is_none());
+    assert!(w.engine.stats().permissions_denied >= 8);
+}
+
+#[test]
+fn loopback_can_be_allowed_explicitly() {
+    let mut w = World::new(|c| c.policy.allow.push("127.0.0.0/8".parse().unwrap()));
+    let mut c = w.client(1000, Transport::Udp, 600);
+    w.allocate(&mut c);
+    assert_eq!(w.permit(&c, addr("127.0.0.1:9")), None);
+    assert_eq!(w.permit(&c, addr("0.0.0.0:9")), Some(403), "unspecified stays denied");
+    assert_eq!(w.permit(&c, addr("10.0.0.1:9")), Some(403));
+}
+
+#[test]
+fn allocation_expires_unless_refreshed_and_lifetime_zero_deletes() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 7200);
+    let relay = w.allocate(&mut c);
+    w.permit(&c, addr(PEER));
+    // Refresh at 9 minutes keeps it past the original 10.
+    w.advance(Duration::from_secs(540));
+    let m = w.refresh(&c, 600);
+    assert_eq!(Message::parse(&m).unwrap().u32(attr::LIFETIME), Some(600));
+    w.advance(Duration::from_secs(120));
+    assert_eq!(w.engine.allocation_count(), 1);
+    assert_eq!(w.engine.poll_event(), None);
+    // No refresh: gone 10 minutes after the last one, and the driver is told to close the socket.
+    w.advance(Duration::from_secs(481));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.engine.poll_event(), Some(Event::ReleaseRelay { relay }));
+    assert_eq!(Message::parse(&w.refresh(&c, 600)).unwrap().error_code(), Some(437));
+
+    let relay2 = w.allocate(&mut c);
+    let resp = w.refresh(&c, 0);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!((m.class(), m.u32(attr::LIFETIME)), (Class::Success, Some(0)));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.engine.poll_event(), Some(Event::ReleaseRelay { relay: relay2 }));
+}
+
+#[test]
+fn requested_lifetime_is_clamped() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 7200);
+    w.allocate(&mut c);
+    assert_eq!(Message::parse(&w.refresh(&c, 99_999)).unwrap().u32(attr::LIFETIME), Some(3600));
+    assert_eq!(Message::parse(&w.refresh(&c, 5)).unwrap().u32(attr::LIFETIME), Some(600));
+}
+
+#[test]
+fn permissions_and_channels_expire() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 7200);
+    let relay = w.allocate(&mut c);
+    w.permit(&c, addr(PEER));
+    w.advance(Duration::from_secs(299));
+    assert!(w.send(&c, addr(PEER), b"x").is_some());
+    w.advance(Duration::from_secs(2));
+    assert!(w.send(&c, addr(PEER), b"x").is_none(), "permission expired after 5 minutes");
+    assert!(w.from_peer(relay, addr(PEER), b"x").is_none());
+
+    assert_eq!(w.bind_channel(&c, 0x4000, addr(PEER)), None);
+    w.refresh(&c, 3600);
+    w.advance(Duration::from_secs(301));
+    assert!(w.engine.handle_client(w.now, c.who, &[0x40, 0x00, 0x00, 0x01, b'a']).is_none(), "permission gone");
+    w.permit(&c, addr(PEER));
+    assert!(w.engine.handle_client(w.now, c.who, &[0x40, 0x00, 0x00, 0x01, b'a']).is_some(), "channel still bound");
+    w.advance(Duration::from_secs(300));
+    w.permit(&c, addr(PEER));
+    assert!(
+        w.engine.handle_client(w.now, c.who, &[0x40, 0x00, 0x00, 0x01, b'a']).is_none(),
+        "channel expired after 10 minutes"
+    );
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut w = World::new(|c| c.nonce_lifetime = Duration::from_secs(60));
+    let mut c = w.client(1000, Transport::Udp, 7200);
+    w.allocate(&mut c);
+    w.advance(Duration::from_secs(61));
+    let resp = w.refresh(&c, 600);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code(), Some(438));
+    let fresh = m.text(attr::NONCE).unwrap().to_owned();
+    assert_ne!(fresh, c.nonce);
+    c.nonce = fresh;
+    assert_eq!(Message::parse(&w.refresh(&c, 600)).unwrap().class(), Class::Success);
+}
+
+#[test]
+fn expired_or_wrong_credentials_are_refused() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 10);
+    let first = Builder::new(Class::Request, method::ALLOCATE, [3; 12]).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let resp = w.request(&c, first);
+    c.nonce = Message::parse(&resp).unwrap().text(attr::NONCE).unwrap().to_owned();
+    w.advance(Duration::from_secs(11));
+    let resp = w.allocate_again(&c);
+    assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(401), "expired ephemeral username");
+
+    let mut wrong = w.client(1001, Transport::Udp, 600);
+    wrong.nonce = c.nonce.clone();
+    wrong.key = long_term_key(&wrong.user, REALM, "not-the-password");
+    let resp = w.allocate_again(&wrong);
+    assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(401));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert!(w.engine.stats().auth_failures >= 2);
+}
+
+#[test]
+fn sha256_integrity_is_accepted_and_answered_in_kind() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Tcp, 600);
+    c.sha256 = true;
+    w.allocate(&mut c);
+    let resp = w.refresh(&c, 600);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert!(m.uses_sha256());
+}
+
+#[test]
+fn quotas_per_user_and_in_total() {
+    let mut w = World::new(|c| {
+        c.user_quota = 2;
+        c.total_quota = 3;
+    });
+    let base = w.client(1, Transport::Udp, 600);
+    for port in 1..=2 {
+        let mut c = w.client(port, Transport::Udp, 600);
+        c.user = base.user.clone();
+        c.key = base.key;
+        w.allocate(&mut c);
+    }
+    let mut third = w.client(3, Transport::Udp, 600);
+    third.user = base.user.clone();
+    third.key = base.key;
+    let first = Builder::new(Class::Request, method::ALLOCATE, [4; 12]).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    third.nonce = Message::parse(&w.request(&third, first)).unwrap().text(attr::NONCE).unwrap().to_owned();
+    assert_eq!(Message::parse(&w.allocate_again(&third)).unwrap().error_code(), Some(486), "per-user quota");
+
+    let mut other = w.client(4, Transport::Udp, 600);
+    other.user = ephemeral_username(w.unix() + 600, "other-room");
+    other.key = long_term_key(&other.user, REALM, &ephemeral_password(SECRET, &other.user));
+    w.allocate(&mut other);
+    let mut fourth = w.client(5, Transport::Udp, 600);
+    fourth.user = ephemeral_username(w.unix() + 600, "third-room");
+    fourth.key = long_term_key(&fourth.user, REALM, &ephemeral_password(SECRET, &fourth.user));
+    fourth.nonce = other.nonce.clone();
+    assert_eq!(Message::parse(&w.allocate_again(&fourth)).unwrap().error_code(), Some(486), "total quota");
+}
+
+#[test]
+fn bandwidth_cap_drops_the_excess_and_refills_over_time() {
+    let mut w = World::new(|c| c.bandwidth = Some(1000));
+    let mut c = w.client(1000, Transport::Udp, 600);
+    w.allocate(&mut c);
+    w.permit(&c, addr(PEER));
+    let chunk = [0u8; 400];
+    assert!(w.send(&c, addr(PEER), &chunk).is_some());
+    assert!(w.send(&c, addr(PEER), &chunk).is_some());
+    assert!(w.send(&c, addr(PEER), &chunk).is_none(), "over 1000 bytes in the same instant");
+    w.now += Duration::from_millis(500);
+    assert!(w.send(&c, addr(PEER), &chunk).is_some(), "half a second refills 500 bytes");
+}
+
+#[test]
+fn second_allocate_from_the_same_client_is_a_mismatch_but_a_retransmission_is_answered_again() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let relay = w.allocate(&mut c);
+    let resp = w.allocate_again(&c);
+    assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(437));
+    // Retransmission: same transaction id as the successful Allocate.
+    let txid = [9; 12];
+    let mut c2 = w.client(2000, Transport::Udp, 600);
+    c2.nonce = c.nonce.clone();
+    let b = Builder::new(Class::Request, method::ALLOCATE, txid)
+        .attr(attr::USERNAME, c2.user.as_bytes())
+        .attr(attr::REALM, REALM.as_bytes())
+        .attr(attr::NONCE, c2.nonce.as_bytes())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let raw = World::seal(&c2, b).finish();
+    let first = w.request(&c2, Builder::new(Class::Request, method::BINDING, [0; 12]));
+    drop(first);
+    let a = match w.engine.handle_client(w.now, c2.who, &raw) {
+        None => w.finish_bind(&c2),
+        other => panic!("{other:?}"),
+    };
+    let b = match w.engine.handle_client(w.now, c2.who, &raw) {
+        Some(Transmit::ToClient { data: Cow::Owned(d), .. }) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        Message::parse(&a).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS),
+        Message::parse(&b).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS)
+    );
+    assert_ne!(Message::parse(&a).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS), Some(relay));
+}
+
+#[test]
+fn unsupported_transport_unknown_attributes_and_relay_failure() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let first = Builder::new(Class::Request, method::ALLOCATE, [5; 12]).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    c.nonce = Message::parse(&w.request(&c, first)).unwrap().text(attr::NONCE).unwrap().to_owned();
+    let tcp = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    assert_eq!(w.code(&c, tcp), Some(442));
+    let unknown = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(0x0042, b"??");
+    let resp = w.request(&c, World::seal(&c, unknown));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code(), Some(420));
+    assert_eq!(m.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x00, 0x42][..]));
+    let missing = w.signed(&c, method::ALLOCATE);
+    assert_eq!(w.code(&c, missing), Some(400));
+    // The driver could not open a relay socket: 508.
+    let b = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let raw = World::seal(&c, b).finish();
+    assert!(w.engine.handle_client(w.now, c.who, &raw).is_none());
+    assert!(matches!(w.engine.poll_event(), Some(Event::BindRelay { .. })));
+    let Some(Transmit::ToClient { data, .. }) = w.engine.relay_bound(w.now, c.who, Err(())) else { panic!() };
+    assert_eq!(Message::parse(&data).unwrap().error_code(), Some(508));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let relay = w.allocate(&mut c);
+    let mut x: u32 = 12345;
+    for len in 0..300usize {
+        let buf: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let _ = w.engine.handle_client(w.now, c.who, &buf);
+        let mut b = buf.clone();
+        b.extend_from_slice(&[0; CHANNEL_HEADROOM + 3]);
+        let _ = w.engine.handle_peer(w.now, relay, addr(PEER), &mut b, len);
+    }
+}
