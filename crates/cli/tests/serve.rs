@@ -41,7 +41,7 @@ fn sigterm(child: &Child) {
 
 #[tokio::test]
 async fn serve_on_port_0_register_then_sigterm_closes_1001_and_exits_0() {
-    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--external-ip", "192.0.2.10,192.0.2.11"], &[]);
+    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--turn-port", "3478", "--external-ip", "192.0.2.10,192.0.2.11"], &[]);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/signaling")).await.unwrap();
     let reg = json!({"class":"request","method":"register","transaction_id":"t","room_id":"r"});
     ws.send(Message::Text(reg.to_string().into())).await.unwrap();
@@ -78,7 +78,7 @@ async fn env_vars_configure_and_flags_win() {
     let file_s = file.to_str().unwrap();
     // File says port 1 for listening; the env var overrides it with port 0; the flag overrides the TURN port.
     let (mut child, addr) = spawn(
-        &["--turn-port", "5000"],
+        &["--turn-port", "5000", "--turn-listen", "127.0.0.1:0"],
         &[
             ("SWITCHBOARD_CONFIG", file_s),
             ("SWITCHBOARD_LISTEN", "127.0.0.1:0"),

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use switchboard_proto::IceServer;
 
@@ -49,22 +50,45 @@ pub struct SignalingConfig {
     pub shutdown_grace: Duration,
 }
 
-/// The built-in STUN/TURN server as advertised to clients.
+/// The built-in STUN/TURN server, and what the register accept advertises of it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TurnConfig {
-    /// Advertise `turn:` URLs (relaying); when false the built-in server is advertised as `stun:` only.
+    /// Allow relaying and advertise `turn:` URLs; when false the server only answers STUN and is advertised as `stun:`.
     pub enabled: bool,
+    /// UDP and TCP listen address of the STUN/TURN server (the same port for both); port 0 picks one.
+    pub listen: SocketAddr,
     /// Addresses clients reach the STUN/TURN server at; one URL each. Empty: the first non-loopback interface.
     pub external_ips: Vec<IpAddr>,
-    /// The advertised STUN/TURN port.
-    pub port: u16,
+    /// The advertised STUN/TURN port; default: the bound listen port.
+    pub port: Option<u16>,
+    /// The long-term credential realm.
+    pub realm: String,
     /// Which credential each register accept carries.
     pub credentials: CredentialMode,
+    /// The shared secret of `ephemeral` credentials (TURN REST API); empty: generated at start.
+    pub secret: String,
+    /// How long an `ephemeral` credential stays valid after the register that handed it out.
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
     /// The username handed out in `static` mode.
     pub static_username: String,
     /// The password handed out in `static` mode; empty means "generate one at start".
     pub static_password: String,
+    /// Lowest relay port.
+    pub relay_port_min: u16,
+    /// Highest relay port.
+    pub relay_port_max: u16,
+    /// Peer networks relaying may reach although they are denied by default (e.g. `127.0.0.0/8` in tests).
+    pub allow_peers: Vec<IpNet>,
+    /// Peer networks relaying may never reach; checked before `allow-peers`.
+    pub deny_peers: Vec<IpNet>,
+    /// Allocations one username may hold at once.
+    pub user_quota: usize,
+    /// Allocations the server holds at once.
+    pub total_quota: usize,
+    /// Per-allocation relay bandwidth cap in bytes per second; absent: unlimited.
+    pub bandwidth: Option<u64>,
 }
 
 /// How TURN credentials are issued.
@@ -73,6 +97,9 @@ pub struct TurnConfig {
 pub enum CredentialMode {
     /// The same configured username/password for everyone, as ZLMediaKit does.
     Static,
+    /// A time-limited credential per registration: username `<unix-expiry>:<room_id>`, password
+    /// base64(HMAC-SHA1(secret, username)). An external coturn with the same `static-auth-secret` accepts it too.
+    Ephemeral,
 }
 
 impl Default for SignalingConfig {
@@ -94,11 +121,22 @@ impl Default for TurnConfig {
     fn default() -> Self {
         TurnConfig {
             enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
             external_ips: Vec::new(),
-            port: 3478,
-            credentials: CredentialMode::Static,
+            port: None,
+            realm: "switchboard".into(),
+            credentials: CredentialMode::Ephemeral,
+            secret: String::new(),
+            credential_ttl: Duration::from_secs(12 * 3600),
             static_username: "switchboard".into(),
             static_password: String::new(),
+            relay_port_min: 50_000,
+            relay_port_max: 65_000,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            user_quota: 16,
+            total_quota: 10_000,
+            bandwidth: None,
         }
     }
 }
@@ -155,8 +193,21 @@ impl Config {
         if s.call_timeout.is_zero() {
             return invalid("signaling.call-timeout", "must be positive");
         }
-        if self.turn.port == 0 {
+        let t = &self.turn;
+        if t.port == Some(0) {
             return invalid("turn.port", "must not be 0");
+        }
+        if t.relay_port_min == 0 || t.relay_port_min > t.relay_port_max {
+            return invalid("turn.relay-port-min", "must be between 1 and turn.relay-port-max");
+        }
+        if t.realm.is_empty() {
+            return invalid("turn.realm", "must not be empty");
+        }
+        if t.credential_ttl.is_zero() {
+            return invalid("turn.credential-ttl", "must be positive");
+        }
+        if t.bandwidth == Some(0) {
+            return invalid("turn.bandwidth", "must be positive (omit it for no cap)");
         }
         if self.turn.credentials == CredentialMode::Static && self.turn.static_username.is_empty() {
             return invalid("turn.static-username", "must not be empty in static mode");
@@ -184,7 +235,9 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.signaling.listen.port(), 3000);
-        assert_eq!(c.turn.port, 3478);
+        assert_eq!(c.turn.listen.port(), 3478);
+        assert_eq!(c.turn.credentials, CredentialMode::Ephemeral);
+        assert_eq!((c.turn.relay_port_min, c.turn.relay_port_max), (50_000, 65_000));
         assert_eq!(c.signaling.max_message_size, 262_144);
     }
 
@@ -215,6 +268,8 @@ mod tests {
         assert!(e.contains("signaling.listen"), "{e}");
         let e = Config::from_toml("[signaling]\nlisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[turn]\nallow-peers = [\"not-a-cidr\"]\n").unwrap_err().to_string();
+        assert!(e.contains("turn.allow-peers"), "{e}");
         let e = Config::from_toml("[turn]\nport = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("turn.port"), "{e}");
         let mut c = Config::default();

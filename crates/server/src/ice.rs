@@ -5,50 +5,91 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
 use switchboard_proto::IceServer;
+use switchboard_turn::credentials::{ephemeral_password, ephemeral_username};
+use switchboard_turn::Credentials;
 
 use crate::config::{Config, CredentialMode};
 
 /// Hands every registration its `ice_servers`.
 #[derive(Clone, Debug)]
 pub struct IceServers {
-    /// The list every registration gets (static credentials make it the same for all).
-    list: Arc<[IceServer]>,
+    /// The built-in server's URLs, one per advertised address.
+    builtin_urls: Vec<String>,
+    /// How the built-in entries get their credential.
+    credential: Credential,
+    /// Configured external servers, appended as they are.
+    external: Vec<IceServer>,
+}
+
+#[derive(Clone)]
+enum Credential {
+    Static { username: String, password: String },
+    Ephemeral { secret: Arc<[u8]>, ttl: Duration },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Static { .. } => "Static(<redacted>)",
+            Credential::Ephemeral { .. } => "Ephemeral(<redacted>)",
+        })
+    }
 }
 
 impl IceServers {
-    /// Builds the list from config. `detected` is used when no external address is configured.
-    pub fn new(config: &Config, detected: IpAddr) -> (IceServers, Option<GeneratedSecret>) {
-        let turn = &config.turn;
-        let ips: Vec<IpAddr> = if turn.external_ips.is_empty() { vec![detected] } else { turn.external_ips.clone() };
-        let scheme = if turn.enabled { "turn" } else { "stun" };
-        let (ufrag, pwd, generated) = match turn.credentials {
-            CredentialMode::Static if turn.static_password.is_empty() => {
-                let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
-                (turn.static_username.clone(), pwd, Some(GeneratedSecret))
+    /// `ips` are the advertised addresses of the built-in server, `port` its advertised port; `turn_credentials`
+    /// is what the TURN server checks (the same secret or password).
+    pub fn new(config: &Config, ips: &[IpAddr], port: u16, turn_credentials: &Credentials) -> IceServers {
+        let scheme = if config.turn.enabled { "turn" } else { "stun" };
+        let builtin_urls = ips.iter().map(|ip| format!("{scheme}:{}?transport=udp", host(*ip, port))).collect();
+        let credential = match turn_credentials {
+            Credentials::Static { username, password } => {
+                Credential::Static { username: username.clone(), password: password.clone() }
             }
-            CredentialMode::Static => (turn.static_username.clone(), turn.static_password.clone(), None),
+            Credentials::Ephemeral { secret } => {
+                Credential::Ephemeral { secret: secret.clone().into(), ttl: config.turn.credential_ttl }
+            }
         };
-        let builtin = ips.into_iter().map(|ip| IceServer {
-            url: format!("{scheme}:{}?transport=udp", host(ip, turn.port)),
-            ufrag: ufrag.clone(),
-            pwd: pwd.clone(),
-        });
-        let list = builtin.chain(config.ice_servers.iter().cloned()).collect();
-        (IceServers { list }, generated)
+        IceServers { builtin_urls, credential, external: config.ice_servers.clone() }
     }
 
-    /// The `ice_servers` for a registration of `room_id`.
-    pub fn for_room(&self, _room_id: &str) -> &[IceServer] {
-        &self.list
+    /// The `ice_servers` for a registration of `room_id` at `unix_now`.
+    pub fn for_room(&self, room_id: &str, unix_now: u64) -> Vec<IceServer> {
+        let (ufrag, pwd) = match &self.credential {
+            Credential::Static { username, password } => (username.clone(), password.clone()),
+            Credential::Ephemeral { secret, ttl } => {
+                let user = ephemeral_username(unix_now + ttl.as_secs(), room_id);
+                let pwd = ephemeral_password(secret, &user);
+                (user, pwd)
+            }
+        };
+        let builtin = self.builtin_urls.iter().map(|url| IceServer { url: url.clone(), ufrag: ufrag.clone(), pwd: pwd.clone() });
+        builtin.chain(self.external.iter().cloned()).collect()
     }
 }
 
-/// Marker: the static TURN password was not configured and was generated at start.
-#[derive(Debug)]
-pub struct GeneratedSecret;
+/// The credentials the TURN server checks, from config; secrets left empty are generated (and reported as such).
+pub fn turn_credentials(config: &Config) -> (Credentials, Option<&'static str>) {
+    let t = &config.turn;
+    let random = || Alphanumeric.sample_string(&mut rand::rng(), 32);
+    match t.credentials {
+        CredentialMode::Static if t.static_password.is_empty() => (
+            Credentials::Static { username: t.static_username.clone(), password: random() },
+            Some("turn.static-password"),
+        ),
+        CredentialMode::Static => {
+            (Credentials::Static { username: t.static_username.clone(), password: t.static_password.clone() }, None)
+        }
+        CredentialMode::Ephemeral if t.secret.is_empty() => {
+            (Credentials::Ephemeral { secret: random().into_bytes() }, Some("turn.secret"))
+        }
+        CredentialMode::Ephemeral => (Credentials::Ephemeral { secret: t.secret.clone().into_bytes() }, None),
+    }
+}
 
 /// `HOST:PORT` with IPv6 hosts in brackets, as STUN/TURN URIs (RFC 7064/7065) require.
 fn host(ip: IpAddr, port: u16) -> String {
@@ -83,33 +124,43 @@ mod tests {
     #[test]
     fn builtin_first_then_external_servers() {
         let mut c = Config::default();
-        c.turn.external_ips = vec!["203.0.113.7".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        c.turn.credentials = CredentialMode::Static;
         c.turn.static_password = "secret".into();
         c.ice_servers.push(IceServer { url: "stun:stun.example.org:3478".into(), ufrag: "".into(), pwd: "".into() });
-        let (ice, generated) = IceServers::new(&c, "10.0.0.1".parse().unwrap());
+        let (creds, generated) = turn_credentials(&c);
         assert!(generated.is_none());
-        let urls: Vec<_> = ice.for_room("r").iter().map(|s| s.url.as_str()).collect();
+        let ips = ["203.0.113.7".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let ice = IceServers::new(&c, &ips, 3478, &creds);
+        let list = ice.for_room("r", 0);
+        let urls: Vec<_> = list.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(
             urls,
-            [
-                "turn:203.0.113.7:3478?transport=udp",
-                "turn:[2001:db8::1]:3478?transport=udp",
-                "stun:stun.example.org:3478"
-            ]
+            ["turn:203.0.113.7:3478?transport=udp", "turn:[2001:db8::1]:3478?transport=udp", "stun:stun.example.org:3478"]
         );
-        assert_eq!(ice.for_room("r")[0].ufrag, "switchboard");
-        assert_eq!(ice.for_room("r")[0].pwd, "secret");
+        assert_eq!((list[0].ufrag.as_str(), list[0].pwd.as_str()), ("switchboard", "secret"));
     }
 
     #[test]
-    fn detected_address_and_stun_when_turn_is_off() {
+    fn ephemeral_credentials_are_per_room_and_time_limited() {
         let mut c = Config::default();
+        c.turn.secret = "s".into();
         c.turn.enabled = false;
-        c.turn.port = 5349;
-        let (ice, generated) = IceServers::new(&c, "10.0.0.1".parse().unwrap());
-        assert!(generated.is_some(), "no password configured: one is generated");
-        assert_eq!(ice.for_room("r")[0].url, "stun:10.0.0.1:5349?transport=udp");
-        assert_eq!(ice.for_room("r")[0].pwd.len(), 24);
+        let (creds, generated) = turn_credentials(&c);
+        assert!(generated.is_none());
+        let ice = IceServers::new(&c, &["10.0.0.1".parse().unwrap()], 5349, &creds);
+        let list = ice.for_room("room_1", 1_000);
+        assert_eq!(list[0].url, "stun:10.0.0.1:5349?transport=udp");
+        assert_eq!(list[0].ufrag, format!("{}:room_1", 1_000 + 12 * 3600));
+        assert_eq!(list[0].pwd, ephemeral_password(b"s", &list[0].ufrag));
+        assert!(creds.key(&list[0].ufrag, "switchboard", 1_000).is_some(), "the TURN server accepts what we hand out");
+    }
+
+    #[test]
+    fn missing_secrets_are_generated() {
+        let c = Config::default();
+        let (creds, generated) = turn_credentials(&c);
+        assert_eq!(generated, Some("turn.secret"));
+        assert!(matches!(creds, Credentials::Ephemeral { ref secret } if secret.len() == 32));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`hub`]: rooms, calls and routing behind the [`hub::Hub`] trait; [`hub::MemoryHub`] is the single-node backend.
 //! - [`session`] and [`outbox`]: one websocket session, with its bounded outbound queue.
 //! - [`http`]: the listener's HTTP side (upgrade on any path, `/livez`, `/readyz`).
+//! - [`turn`]: the STUN/TURN server's sockets around the sans-IO engine of `switchboard-turn`.
 //! - [`server`]: binding, serving and graceful shutdown.
 //! - [`memnet`]: an in-process listener for paused-time tests and embedding.
 
@@ -15,6 +16,7 @@ pub mod memnet;
 pub mod outbox;
 pub mod server;
 pub mod session;
+pub mod turn;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -17,7 +17,8 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError};
 use crate::http::{router, AppState};
 use crate::hub::{Hub, MemoryHub};
-use crate::ice::{detect_external_ip, IceServers};
+use crate::ice::{detect_external_ip, turn_credentials, IceServers};
+use crate::turn::{engine_config, TurnError, TurnServer};
 use crate::memnet::{self, MemoryConnector, MemoryListener};
 
 /// Failures of the server itself (not of one session).
@@ -29,6 +30,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("signaling listener failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Turn(#[from] TurnError),
 }
 
 /// Where connections come from.
@@ -45,6 +48,10 @@ pub struct Server {
     grace: std::time::Duration,
     /// Cancelled by whoever wants the server to stop; sessions are told only after the hub is.
     trigger: CancellationToken,
+    /// The built-in STUN/TURN server (absent for in-memory servers).
+    turn: Option<TurnServer>,
+    /// The TURN server's tasks.
+    turn_tasks: TaskTracker,
 }
 
 impl Server {
@@ -55,33 +62,49 @@ impl Server {
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
         info!(addr = %local_addr, "signaling listening");
-        Ok(Server::new(config, Listening::Tcp(listener), local_addr))
+        Server::new(config, Listening::Tcp(listener), local_addr, true).await
     }
 
     /// Like [`Server::bind`], but connections are in-memory pipes opened with the returned connector
-    /// (see [`crate::memnet`]); `signaling.listen` is ignored.
-    pub fn in_memory(config: Config) -> Result<(Server, MemoryConnector), ServerError> {
+    /// (see [`crate::memnet`]); `signaling.listen` is ignored and no STUN/TURN listener runs.
+    pub async fn in_memory(config: Config) -> Result<(Server, MemoryConnector), ServerError> {
         config.validate()?;
         let (listener, connector) = memnet::pair();
         let local = SocketAddr::from(([0, 0, 0, 0], 0));
-        Ok((Server::new(config, Listening::Memory(listener), local), connector))
+        Ok((Server::new(config, Listening::Memory(listener), local, false).await?, connector))
     }
 
-    fn new(config: Config, listener: Listening, local_addr: SocketAddr) -> Server {
-        let detected = detect_external_ip();
-        let (ice, generated) = IceServers::new(&config, detected);
-        if generated.is_some() {
-            info!("turn.static-password not configured: generated a random one for this run");
-        }
-        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
-        let state = AppState {
-            hub,
-            config: Arc::new(config.signaling.clone()),
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+    async fn new(config: Config, listener: Listening, local_addr: SocketAddr, with_turn: bool) -> Result<Server, ServerError> {
+        let external_ips = match config.turn.external_ips.as_slice() {
+            [] => vec![detect_external_ip()],
+            ips => ips.to_vec(),
         };
+        let listen_ip = config.turn.listen.ip();
+        let relay_ip = if listen_ip.is_unspecified() { external_ips[0] } else { listen_ip };
+        let (credentials, generated) = turn_credentials(&config);
+        if let Some(field) = generated {
+            info!(field, "not configured: generated a random one for this run");
+        }
+        let shutdown = CancellationToken::new();
+        let turn_tasks = TaskTracker::new();
+        let turn = if with_turn {
+            let engine = engine_config(&config.turn, credentials.clone(), relay_ip);
+            Some(TurnServer::start(&config.turn, engine, relay_ip, turn_tasks.clone(), shutdown.clone()).await?)
+        } else {
+            None
+        };
+        let port = config.turn.port.or(turn.as_ref().map(|t| t.local_addr().port())).unwrap_or(config.turn.listen.port());
+        let ice = IceServers::new(&config, &external_ips, port, &credentials);
+        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
+        let state =
+            AppState { hub, config: Arc::new(config.signaling.clone()), shutdown, sessions: TaskTracker::new() };
         let trigger = CancellationToken::new();
-        Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger }
+        Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger, turn, turn_tasks })
+    }
+
+    /// The built-in STUN/TURN server, when one runs.
+    pub fn turn(&self) -> Option<&TurnServer> {
+        self.turn.as_ref()
     }
 
     /// The bound signaling address.
@@ -96,7 +119,7 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServerError> {
-        let Server { listener, state, grace, trigger, .. } = self;
+        let Server { listener, state, grace, trigger, turn_tasks, .. } = self;
         let (hub, sessions_stop) = (state.hub.clone(), state.shutdown.clone());
         let stop_accepting = async move {
             trigger.cancelled().await;
@@ -117,7 +140,9 @@ impl Server {
         state.sessions.close();
         let open = state.sessions.len();
         info!(open, "shutting down: closing sessions");
-        if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+        turn_tasks.close();
+        let all = async { tokio::join!(state.sessions.wait(), turn_tasks.wait()) };
+        if tokio::time::timeout(grace, all).await.is_err() {
             warn!(remaining = state.sessions.len(), "shutdown grace period over; dropping remaining sessions");
         }
         info!("shutdown complete");

@@ -35,7 +35,7 @@ async fn register_with_and_without_room_id() {
 async fn ice_servers_list_every_external_address_then_external_servers() {
     let server = TestServer::start_with(|c| {
         c.turn.external_ips = vec!["10.1.2.3".parse().unwrap(), "::1".parse().unwrap()];
-        c.turn.port = 3479;
+        c.turn.port = Some(3479);
         c.ice_servers.push(switchboard_proto::IceServer {
             url: "stun:stun.example.org:3478".into(),
             ufrag: String::new(),
@@ -51,6 +51,30 @@ async fn ice_servers_list_every_external_address_then_external_servers() {
         urls,
         ["turn:10.1.2.3:3479?transport=udp", "turn:[::1]:3479?transport=udp", "stun:stun.example.org:3478"]
     );
+}
+
+#[tokio::test]
+async fn ephemeral_turn_credentials_are_per_registration() {
+    let server = TestServer::start_with(|c| {
+        c.turn.credentials = switchboard_server::config::CredentialMode::Ephemeral;
+        c.turn.secret = "shared-secret".into();
+        c.turn.port = None;
+    })
+    .await;
+    let mut a = server.client().await;
+    let accept = a.request(json!({"class":"request","method":"register","room_id":"cam"})).await;
+    let entry = &accept["ice_servers"][0];
+    let ufrag = entry["ufrag"].as_str().unwrap();
+    let (expiry, room) = ufrag.split_once(':').unwrap();
+    assert_eq!(room, "cam");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(expiry > now && expiry <= now + 12 * 3600 + 5, "{expiry} vs {now}");
+    assert_eq!(entry["pwd"], switchboard_turn::credentials::ephemeral_password(b"shared-secret", ufrag));
+    // The advertised port is the bound TURN port.
+    let url = entry["url"].as_str().unwrap();
+    assert!(url.starts_with("turn:127.0.0.1:") && url.ends_with("?transport=udp"), "{url}");
+    assert_ne!(url, "turn:127.0.0.1:0?transport=udp");
 }
 
 #[tokio::test]

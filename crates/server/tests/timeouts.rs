@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_session_is_pinged_then_closed_after_30s_and_its_peer_gets_bye() {
-    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(60));
+    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(60)).await;
     let mut caller = server.registered("caller").await;
     let mut silent = server.registered("silent").await;
     caller.send(call("T", "g", "silent")).await;
@@ -44,7 +44,7 @@ async fn a_silent_session_is_pinged_then_closed_after_30s_and_its_peer_gets_bye(
 
 #[tokio::test(start_paused = true)]
 async fn a_session_that_answers_pings_stays_open() {
-    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(60));
+    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(60)).await;
     let mut c = server.registered("alive").await;
     // Reading makes tungstenite answer every ping with a pong. Wait for something that never comes for 100 s.
     let waited = tokio::time::timeout(Duration::from_secs(100), c.event_within(Duration::from_secs(1000))).await;
@@ -55,7 +55,7 @@ async fn a_session_that_answers_pings_stays_open() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_call_times_out() {
-    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(5));
+    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(5)).await;
     let mut callee = server.registered("a").await;
     let mut caller = server.registered("b").await;
     let mut c = call("T7", "g", "a");
@@ -81,7 +81,7 @@ async fn an_unanswered_call_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn an_answered_call_never_times_out() {
-    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(5));
+    let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(5)).await;
     let mut callee = server.registered("a").await;
     let mut caller = server.registered("b").await;
     caller.send(call("T", "g", "a")).await;

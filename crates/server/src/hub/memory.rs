@@ -252,7 +252,9 @@ impl State {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.room = Some(room_id.clone());
         }
-        let accept = RegisterAccept::new(&msg.transaction_id, &room_id, ice.for_room(&room_id)).to_json();
+        let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let servers = ice.for_room(&room_id, unix_now);
+        let accept = RegisterAccept::new(&msg.transaction_id, &room_id, &servers).to_json();
         self.send(sid, accept.into());
         Ok(())
     }

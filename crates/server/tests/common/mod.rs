@@ -28,6 +28,9 @@ fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::default();
     config.signaling.listen = "127.0.0.1:0".parse().unwrap();
     config.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
+    config.turn.listen = "127.0.0.1:0".parse().unwrap();
+    config.turn.port = Some(3478);
+    config.turn.credentials = switchboard_server::config::CredentialMode::Static;
     config.turn.static_password = "test-pass".into();
     tweak(&mut config);
     config
@@ -47,8 +50,8 @@ impl TestServer {
     }
 
     /// The same server over in-memory pipes, for tests in paused time (see `switchboard_server::memnet`).
-    pub fn in_memory(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let (server, connector) = Server::in_memory(test_config(tweak)).expect("config");
+    pub async fn in_memory(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let (server, connector) = Server::in_memory(test_config(tweak)).await.expect("config");
         let addr = server.local_addr();
         let stop = server.shutdown_token();
         let task = tokio::spawn(server.run());

@@ -1,0 +1,273 @@
+//! The STUN/TURN server's IO driver around the sans-IO [`Engine`].
+//!
+//! - One UDP socket and one TCP listener on the same address (`turn.listen`).
+//! - One UDP socket per allocation (its relay address), with a reader task.
+//! - A one-second tick that expires allocations, permissions and channels.
+//!
+//! All mutable state — the engine, the relay sockets and the TCP clients' outboxes — sits behind one mutex, so every
+//! packet is handled as one atomic step. Nothing awaits under the lock: sends are `try_send`, and a packet that would
+//! block is dropped, as a congested UDP path would drop it. TCP clients get a bounded queue each; a client that falls
+//! behind loses packets rather than growing memory.
+
+mod tcp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use switchboard_turn::{Client, Engine, EngineConfig, Event, PeerPolicy, Stats, Transmit, Transport, CHANNEL_HEADROOM};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::TurnConfig;
+
+/// Largest UDP payload we read.
+const MAX_DATAGRAM: usize = 65_535;
+/// Frames queued towards one TCP client before further ones are dropped.
+const TCP_QUEUE: usize = 512;
+
+/// Why the TURN server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("cannot bind STUN/TURN listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A running STUN/TURN server.
+#[derive(Clone)]
+pub struct TurnServer {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    udp: Arc<UdpSocket>,
+    /// Where relay sockets are bound (the listen IP).
+    bind_ip: IpAddr,
+    /// The address relay sockets are advertised at (XOR-RELAYED-ADDRESS).
+    relay_ip: IpAddr,
+    ports: (u16, u16),
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+struct State {
+    engine: Engine,
+    /// Advertised relay address → its socket and reader task.
+    relays: HashMap<SocketAddr, Relay>,
+    /// TCP client address → its outbound queue.
+    tcp_clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    task: AbortHandle,
+}
+
+/// The engine settings the config describes.
+pub fn engine_config(config: &TurnConfig, credentials: switchboard_turn::Credentials, relay_ip: IpAddr) -> EngineConfig {
+    let policy = PeerPolicy {
+        allow: config.allow_peers.clone(),
+        deny: config.deny_peers.clone(),
+        relay_ips: vec![relay_ip, config.listen.ip()],
+    };
+    let mut e = EngineConfig::new(config.realm.clone(), credentials, policy);
+    e.user_quota = config.user_quota;
+    e.total_quota = if config.enabled { config.total_quota } else { 0 };
+    e.bandwidth = config.bandwidth;
+    e
+}
+
+impl TurnServer {
+    /// Binds UDP and TCP on `config.listen` (the same port for both; with port 0, a free one), and starts serving.
+    /// `relay_ip` is the address relays are advertised at.
+    pub async fn start(
+        config: &TurnConfig,
+        engine: EngineConfig,
+        relay_ip: IpAddr,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<TurnServer, TurnError> {
+        let (udp, tcp) = bind_pair(config.listen).await?;
+        let local_addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?;
+        let now = tokio::time::Instant::now().into_std();
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let engine = Engine::new(engine, now, unix, rand::random());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { engine, relays: HashMap::new(), tcp_clients: HashMap::new() }),
+            udp: Arc::new(udp),
+            bind_ip: config.listen.ip(),
+            relay_ip,
+            ports: (config.relay_port_min, config.relay_port_max),
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+        });
+        info!(addr = %local_addr, relay_ip = %relay_ip, "turn listening");
+        tasks.spawn(udp_loop(shared.clone()));
+        tasks.spawn(tcp::accept_loop(shared.clone(), tcp));
+        tasks.spawn(tick_loop(shared.clone()));
+        Ok(TurnServer { shared, local_addr })
+    }
+
+    /// The bound UDP/TCP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Relay counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.state.lock().engine.stats()
+    }
+
+    /// Allocations held now.
+    pub fn allocations(&self) -> usize {
+        self.shared.state.lock().engine.allocation_count()
+    }
+}
+
+/// UDP and TCP on one port: with port 0, retry until a port free for both is found.
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), TurnError> {
+    let err = |source| TurnError::Bind { addr, source };
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr).await.map_err(err)?;
+        let port = udp.local_addr().map_err(err)?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() != 0 => return Err(err(e)),
+            Err(_) => continue,
+        }
+    }
+    Err(err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both UDP and TCP")))
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn udp_loop(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            r = shared.udp.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "turn udp receive failed");
+                    continue;
+                }
+            },
+        };
+        let client = Client { transport: Transport::Udp, addr: from };
+        let mut st = shared.state.lock();
+        let out = st.engine.handle_client(now(), client, &buf[..n]);
+        deliver(&shared, &st, out);
+        drain_events(&shared, &mut st);
+    }
+}
+
+async fn tick_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => {
+                let mut st = shared.state.lock();
+                st.engine.handle_timeout(now());
+                drain_events(&shared, &mut st);
+            }
+        }
+    }
+}
+
+/// Sends what the engine produced. Never blocks: a packet that cannot go now is dropped.
+fn deliver(shared: &Shared, st: &State, out: Option<Transmit<'_>>) {
+    match out {
+        None => {}
+        Some(Transmit::ToClient { to, data }) => match to.transport {
+            Transport::Udp => {
+                let _ = shared.udp.try_send_to(&data, to.addr);
+            }
+            Transport::Tcp => {
+                if let Some(tx) = st.tcp_clients.get(&to.addr) {
+                    let _ = tx.try_send(data.into_owned());
+                }
+            }
+        },
+        Some(Transmit::ToPeer { relay, peer, data }) => {
+            if let Some(r) = st.relays.get(&relay) {
+                let _ = r.socket.try_send_to(data, peer);
+            }
+        }
+    }
+}
+
+/// Opens and closes relay sockets as the engine asks.
+fn drain_events(shared: &Arc<Shared>, st: &mut State) {
+    while let Some(ev) = st.engine.poll_event() {
+        match ev {
+            Event::BindRelay { client, .. } => {
+                let bound = bind_relay(shared);
+                let result = match bound {
+                    Ok((socket, advertised)) => {
+                        let socket = Arc::new(socket);
+                        let task = shared.tasks.spawn(relay_loop(shared.clone(), socket.clone(), advertised)).abort_handle();
+                        st.relays.insert(advertised, Relay { socket, task });
+                        Ok(advertised)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "no relay port available");
+                        Err(())
+                    }
+                };
+                let out = st.engine.relay_bound(now(), client, result);
+                deliver(shared, st, out);
+            }
+            Event::ReleaseRelay { relay } => {
+                if let Some(r) = st.relays.remove(&relay) {
+                    r.task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// A UDP socket on a random free port of the relay range.
+fn bind_relay(shared: &Shared) -> io::Result<(UdpSocket, SocketAddr)> {
+    let (lo, hi) = shared.ports;
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::random::<u32>() % span;
+    for i in 0..span.min(64) {
+        let port = lo + ((start + i) % span) as u16;
+        if let Ok(std_socket) = std::net::UdpSocket::bind(SocketAddr::new(shared.bind_ip, port)) {
+            std_socket.set_nonblocking(true)?;
+            let socket = UdpSocket::from_std(std_socket)?;
+            return Ok((socket, SocketAddr::new(shared.relay_ip, port)));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted"))
+}
+
+/// Reads what peers send to one relay address and hands it to the engine.
+async fn relay_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, relay: SocketAddr) {
+    let mut buf = vec![0u8; CHANNEL_HEADROOM + MAX_DATAGRAM + 3];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            r = socket.recv_from(&mut buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + MAX_DATAGRAM]) => match r {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        let st = &mut *shared.state.lock();
+        let out = st.engine.handle_peer(now(), relay, peer, &mut buf, n);
+        deliver(&shared, st, out);
+    }
+}

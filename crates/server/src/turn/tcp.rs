@@ -1,0 +1,115 @@
+//! STUN/TURN over TCP: framing of STUN messages and ChannelData on a byte stream (RFC 8656 §12.5).
+//!
+//! A frame is either a STUN message (20-byte header, length in bytes 2–3) or ChannelData (4-byte header, first byte
+//! 0x40–0x7F, length padded to a multiple of four). Anything else ends the connection. Each connection is one client:
+//! when it closes, its allocation is freed at once.
+
+use std::sync::Arc;
+
+use switchboard_turn::{Client, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::{deliver, drain_events, now, Shared, TCP_QUEUE};
+
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "turn tcp accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        shared.tasks.spawn(connection(shared.clone(), stream, Client { transport: Transport::Tcp, addr }));
+    }
+}
+
+/// The length of the frame at the start of `buf`, once its header is there; `Err` for a stream that is not TURN.
+fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let Some(&first) = buf.first() else { return Ok(None) };
+    match first {
+        0x00..=0x3F => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            Ok(Some(20 + u16::from_be_bytes([buf[2], buf[3]]) as usize))
+        }
+        0x40..=0x7F => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+            Ok(Some(4 + ((len + 3) & !3)))
+        }
+        _ => Err(()),
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+    shared.state.lock().tcp_clients.insert(client.addr, tx);
+    let writer = async {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    let reader = async {
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            while let Ok(Some(len)) = frame_len(&buf) {
+                if buf.len() < len {
+                    break;
+                }
+                {
+                    let mut st = shared.state.lock();
+                    let out = st.engine.handle_client(now(), client, &buf[..len]);
+                    deliver(&shared, &st, out);
+                    drain_events(&shared, &mut st);
+                }
+                buf.drain(..len);
+            }
+            if frame_len(&buf).is_err() {
+                return;
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::select! {
+        _ = shared.stop.cancelled() => {}
+        () = reader => {}
+        () = writer => {}
+    }
+    let mut st = shared.state.lock();
+    st.tcp_clients.remove(&client.addr);
+    st.engine.client_gone(client);
+    drain_events(&shared, &mut st);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_len;
+
+    #[test]
+    fn framing_of_stun_and_padded_channel_data() {
+        assert_eq!(frame_len(&[]), Ok(None));
+        assert_eq!(frame_len(&[0x00, 0x01, 0x00]), Ok(None));
+        assert_eq!(frame_len(&[0x00, 0x01, 0x00, 0x08]), Ok(Some(28)));
+        assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05]), Ok(Some(12)));
+        assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x04]), Ok(Some(8)));
+        assert_eq!(frame_len(&[0x80, 0, 0, 0]), Err(()));
+    }
+}
