@@ -41,7 +41,19 @@ fn sigterm(child: &Child) {
 
 #[tokio::test]
 async fn serve_on_port_0_register_then_sigterm_closes_1001_and_exits_0() {
-    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--turn-port", "3478", "--external-ip", "192.0.2.10,192.0.2.11"], &[]);
+    let (mut child, addr) = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--turn-port",
+            "3478",
+            "--external-ip",
+            "192.0.2.10,192.0.2.11",
+        ],
+        &[],
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/signaling")).await.unwrap();
     let reg = json!({"class":"request","method":"register","transaction_id":"t","room_id":"r"});
     ws.send(Message::Text(reg.to_string().into())).await.unwrap();

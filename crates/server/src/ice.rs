@@ -67,7 +67,8 @@ impl IceServers {
                 (user, pwd)
             }
         };
-        let builtin = self.builtin_urls.iter().map(|url| IceServer { url: url.clone(), ufrag: ufrag.clone(), pwd: pwd.clone() });
+        let builtin =
+            self.builtin_urls.iter().map(|url| IceServer { url: url.clone(), ufrag: ufrag.clone(), pwd: pwd.clone() });
         builtin.chain(self.external.iter().cloned()).collect()
     }
 }
@@ -135,7 +136,11 @@ mod tests {
         let urls: Vec<_> = list.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(
             urls,
-            ["turn:203.0.113.7:3478?transport=udp", "turn:[2001:db8::1]:3478?transport=udp", "stun:stun.example.org:3478"]
+            [
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:[2001:db8::1]:3478?transport=udp",
+                "stun:stun.example.org:3478"
+            ]
         );
         assert_eq!((list[0].ufrag.as_str(), list[0].pwd.as_str()), ("switchboard", "secret"));
     }

@@ -18,8 +18,8 @@ use crate::config::{Config, ConfigError};
 use crate::http::{router, AppState};
 use crate::hub::{Hub, MemoryHub};
 use crate::ice::{detect_external_ip, turn_credentials, IceServers};
-use crate::turn::{engine_config, TurnError, TurnServer};
 use crate::memnet::{self, MemoryConnector, MemoryListener};
+use crate::turn::{engine_config, TurnError, TurnServer};
 
 /// Failures of the server itself (not of one session).
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,12 @@ impl Server {
         Ok((Server::new(config, Listening::Memory(listener), local, false).await?, connector))
     }
 
-    async fn new(config: Config, listener: Listening, local_addr: SocketAddr, with_turn: bool) -> Result<Server, ServerError> {
+    async fn new(
+        config: Config,
+        listener: Listening,
+        local_addr: SocketAddr,
+        with_turn: bool,
+    ) -> Result<Server, ServerError> {
         let external_ips = match config.turn.external_ips.as_slice() {
             [] => vec![detect_external_ip()],
             ips => ips.to_vec(),
@@ -93,7 +98,8 @@ impl Server {
         } else {
             None
         };
-        let port = config.turn.port.or(turn.as_ref().map(|t| t.local_addr().port())).unwrap_or(config.turn.listen.port());
+        let port =
+            config.turn.port.or(turn.as_ref().map(|t| t.local_addr().port())).unwrap_or(config.turn.listen.port());
         let ice = IceServers::new(&config, &external_ips, port, &credentials);
         let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
         let state =

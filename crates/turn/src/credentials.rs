@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(user, "1000:room_1");
         let key = creds.key(&user, "realm", 999).expect("valid before expiry");
         assert_eq!(key, long_term_key(&user, "realm", &ephemeral_password(b"s3cret", &user)));
-        assert_eq!(creds.key(&user, "realm", 1_000).is_some(), true, "valid through its expiry second");
+        assert!(creds.key(&user, "realm", 1_000).is_some(), "valid through its expiry second");
         assert!(creds.key(&user, "realm", 1_001).is_none(), "expired");
         assert!(creds.key("garbage", "realm", 0).is_none());
         // The password is standard base64 of a 20-byte HMAC-SHA1.

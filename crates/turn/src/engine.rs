@@ -256,7 +256,7 @@ impl Engine {
         if buf.len() < payload_end + 3 {
             return None;
         }
-        if !alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now) || !alloc.spend(now, len) {
+        if !alloc.permits(peer.ip(), now) || !alloc.spend(now, len) {
             self.stats.packets_dropped += 1;
             return None;
         }
@@ -468,13 +468,10 @@ impl Engine {
     }
 
     fn refresh<'a>(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Transmit<'a> {
-        let auth = match self.authenticate(now, msg) {
+        let auth = match self.allocation_for(now, from, msg) {
             Ok(a) => a,
             Err(resp) => return to_client(from, resp),
         };
-        if !self.allocations.get(&from).is_some_and(|a| a.username == auth.username) {
-            return to_client(from, error(msg, 437, "Allocation Mismatch", Some(&auth)));
-        }
         let asked = msg.u32(attr::LIFETIME);
         let granted = if asked == Some(0) {
             self.remove_allocation(from);
@@ -494,7 +491,7 @@ impl Engine {
     /// Checks auth and that the client's allocation exists and belongs to the same user.
     fn allocation_for(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
         let auth = self.authenticate(now, msg)?;
-        if !self.allocations.get(&from).is_some_and(|a| a.username == auth.username) {
+        if self.allocations.get(&from).is_none_or(|a| a.username != auth.username) {
             return Err(error(msg, 437, "Allocation Mismatch", Some(&auth)));
         }
         Ok(auth)
@@ -560,7 +557,7 @@ impl Engine {
         let alloc = self.allocations.get_mut(&from)?;
         let peer = msg.xor_address(attr::XOR_PEER_ADDRESS)?;
         let data = msg.get(attr::DATA)?;
-        if !alloc.permissions.get(&peer.ip()).is_some_and(|e| *e > now) || !alloc.spend(now, data.len()) {
+        if !alloc.permits(peer.ip(), now) || !alloc.spend(now, data.len()) {
             self.stats.packets_dropped += 1;
             return None;
         }
@@ -578,7 +575,7 @@ impl Engine {
         let data = buf.get(4..4 + len)?;
         let alloc = self.allocations.get_mut(&from)?;
         let (peer, expires) = *alloc.channels.get(&channel)?;
-        if expires <= now || !alloc.permissions.get(&peer.ip()).is_some_and(|e| *e > now) || !alloc.spend(now, len) {
+        if expires <= now || !alloc.permits(peer.ip(), now) || !alloc.spend(now, len) {
             self.stats.packets_dropped += 1;
             return None;
         }
@@ -589,6 +586,11 @@ impl Engine {
 }
 
 impl Allocation {
+    /// Whether a live permission covers `ip`.
+    fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|exp| *exp > now)
+    }
+
     /// Charges `bytes` to the bandwidth budget; false means "over the cap, drop it".
     fn spend(&mut self, now: Instant, bytes: usize) -> bool {
         self.budget.as_mut().is_none_or(|b| b.take(now, bytes as u64))

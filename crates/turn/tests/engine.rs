@@ -162,7 +162,7 @@ impl World {
         }
     }
 
-    fn from_peer(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(Client, Vec<u8>)> {
+    fn peer_sends(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(Client, Vec<u8>)> {
         let mut buf = vec![0; CHANNEL_HEADROOM + payload.len() + 3];
         buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + payload.len()].copy_from_slice(payload);
         match self.engine.handle_peer(self.now, relay, peer, &mut buf, payload.len()) {
@@ -192,10 +192,10 @@ fn allocate_permission_send_and_data_indication() {
     let relay = w.allocate(&mut c);
     // No permission yet: dropped both ways.
     assert!(w.send(&c, addr(PEER), b"hi").is_none());
-    assert!(w.from_peer(relay, addr(PEER), b"yo").is_none());
+    assert!(w.peer_sends(relay, addr(PEER), b"yo").is_none());
     assert_eq!(w.permit(&c, addr(PEER)), None);
     assert_eq!(w.send(&c, addr(PEER), b"hi"), Some((relay, addr(PEER), b"hi".to_vec())));
-    let (to, data) = w.from_peer(relay, addr(PEER), b"yo").unwrap();
+    let (to, data) = w.peer_sends(relay, addr(PEER), b"yo").unwrap();
     assert_eq!(to, c.who);
     let m = Message::parse(&data).unwrap();
     assert_eq!((m.class(), m.method()), (Class::Indication, method::DATA));
@@ -216,7 +216,7 @@ fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
         assert_eq!(w.bind_channel(&c, 0x4001, addr(PEER)), None);
         let out = w.engine.handle_client(w.now, c.who, &[0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0]);
         assert_eq!(out, Some(Transmit::ToPeer { relay, peer: addr(PEER), data: b"abc" }));
-        let (_, data) = w.from_peer(relay, addr(PEER), b"xyz").unwrap();
+        let (_, data) = w.peer_sends(relay, addr(PEER), b"xyz").unwrap();
         let expected: &[u8] = match transport {
             Transport::Udp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z'],
             Transport::Tcp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z', 0],
@@ -251,7 +251,7 @@ fn denied_peers_are_refused_with_403() {
         assert_eq!(w.bind_channel(&c, 0x4005, addr(peer)), Some(403), "{peer}");
         assert!(w.send(&c, addr(peer), b"x").is_none());
     }
-    assert!(w.from_peer(relay, addr("127.0.0.1:9"), b"x").is_none());
+    assert!(w.peer_sends(relay, addr("127.0.0.1:9"), b"x").is_none());
     assert!(w.engine.stats().permissions_denied >= 8);
 }
 
@@ -311,7 +311,7 @@ fn permissions_and_channels_expire() {
     assert!(w.send(&c, addr(PEER), b"x").is_some());
     w.advance(Duration::from_secs(2));
     assert!(w.send(&c, addr(PEER), b"x").is_none(), "permission expired after 5 minutes");
-    assert!(w.from_peer(relay, addr(PEER), b"x").is_none());
+    assert!(w.peer_sends(relay, addr(PEER), b"x").is_none());
 
     assert_eq!(w.bind_channel(&c, 0x4000, addr(PEER)), None);
     w.refresh(&c, 3600);

@@ -73,7 +73,11 @@ struct Relay {
 }
 
 /// The engine settings the config describes.
-pub fn engine_config(config: &TurnConfig, credentials: switchboard_turn::Credentials, relay_ip: IpAddr) -> EngineConfig {
+pub fn engine_config(
+    config: &TurnConfig,
+    credentials: switchboard_turn::Credentials,
+    relay_ip: IpAddr,
+) -> EngineConfig {
     let policy = PeerPolicy {
         allow: config.allow_peers.clone(),
         deny: config.deny_peers.clone(),
@@ -218,7 +222,8 @@ fn drain_events(shared: &Arc<Shared>, st: &mut State) {
                 let result = match bound {
                     Ok((socket, advertised)) => {
                         let socket = Arc::new(socket);
-                        let task = shared.tasks.spawn(relay_loop(shared.clone(), socket.clone(), advertised)).abort_handle();
+                        let task =
+                            shared.tasks.spawn(relay_loop(shared.clone(), socket.clone(), advertised)).abort_handle();
                         st.relays.insert(advertised, Relay { socket, task });
                         Ok(advertised)
                     }

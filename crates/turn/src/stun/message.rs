@@ -62,7 +62,7 @@ impl<'a> Message<'a> {
             return Err(ParseError::NotStun);
         }
         let len = u16::from_be_bytes([raw[2], raw[3]]) as usize;
-        if len % 4 != 0 || HEADER_LEN + len != raw.len() {
+        if !len.is_multiple_of(4) || HEADER_LEN + len != raw.len() {
             return Err(ParseError::BadLength);
         }
         let (class, method) = split_type(u16::from_be_bytes([raw[0], raw[1]]));
@@ -87,7 +87,7 @@ impl<'a> Message<'a> {
                     msg.integrity_at = Some(at);
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 if msg.integrity256_at.is_none() => {
-                    if !(16..=32).contains(&l) || l % 4 != 0 {
+                    if !(16..=32).contains(&l) || !l.is_multiple_of(4) {
                         return Err(ParseError::BadAttribute);
                     }
                     msg.integrity256_at = Some(at);
