@@ -91,10 +91,26 @@ pub enum Transmit<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     /// Open a relay socket of the same family as `family_of` for `client`, then call [`Engine::relay_bound`].
-    BindRelay { client: Client, family_of: IpAddr },
+    BindRelay { client: Client, family_of: IpAddr, port: PortRequest },
     /// The allocation behind this relay address is gone: close its socket.
     ReleaseRelay { relay: SocketAddr },
+    /// A port reserved with EVEN-PORT's R bit was not claimed in time: close the socket kept for it.
+    ReleaseReserved { addr: SocketAddr },
 }
+
+/// Which relay port an Allocate needs (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRequest {
+    /// Any port of the range.
+    Any,
+    /// An even port; with `reserve_next`, the driver also binds port + 1 and keeps it for a later Allocate.
+    Even { reserve_next: bool },
+    /// The port reserved earlier at this address (its socket is already bound).
+    Reserved(SocketAddr),
+}
+
+/// How long a reserved port waits for the Allocate that claims it (RFC 8656: about 30 seconds).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Counters for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,7 +130,8 @@ pub struct Stats {
 pub const CHANNEL_HEADROOM: usize = 4;
 
 const CHANNEL_MIN: u16 = 0x4000;
-const CHANNEL_MAX: u16 = 0x4FFF;
+/// RFC 8656 narrowed channels to 0x4000–0x4FFF; RFC 5766 clients (coturn's among them) use up to 0x7FFF.
+const CHANNEL_MAX: u16 = 0x7FFF;
 const UDP: u8 = 17;
 
 /// Attributes this engine understands (anything else comprehension-required gets 420).
@@ -160,6 +177,8 @@ struct Pending {
     txid: [u8; 12],
     lifetime: Duration,
     sha256: bool,
+    /// EVEN-PORT with the R bit: the driver bound relay port + 1 too; hand out a token for it.
+    reserve: bool,
 }
 
 /// The STUN/TURN server state.
@@ -172,6 +191,8 @@ pub struct Engine {
     by_relay: HashMap<SocketAddr, Client>,
     /// Allocations waiting for their relay socket.
     pending: HashMap<Client, Pending>,
+    /// RESERVATION-TOKEN → reserved relay address and when the reservation lapses.
+    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     events: Vec<Event>,
     stats: Stats,
 }
@@ -193,6 +214,7 @@ impl Engine {
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             pending: HashMap::new(),
+            reservations: HashMap::new(),
             events: Vec::new(),
             stats: Stats::default(),
         }
@@ -314,7 +336,13 @@ impl Engine {
             channel_of: HashMap::new(),
             budget,
         };
-        let resp = allocate_success(client, &alloc, p.lifetime, p.sha256);
+        let token = p.reserve.then(|| {
+            let token: [u8; 8] = rand::random();
+            let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
+            self.reservations.insert(token, (next, now + RESERVATION_LIFETIME));
+            token
+        });
+        let resp = allocate_success(client, &alloc, p.lifetime, p.sha256, token);
         self.by_relay.insert(relay, client);
         self.allocations.insert(client, alloc);
         Some(to_client(client, resp))
@@ -326,6 +354,14 @@ impl Engine {
         for client in expired {
             self.remove_allocation(client);
         }
+        let events = &mut self.events;
+        self.reservations.retain(|_, (addr, exp)| {
+            let keep = *exp > now;
+            if !keep {
+                events.push(Event::ReleaseReserved { addr: *addr });
+            }
+            keep
+        });
         for alloc in self.allocations.values_mut() {
             alloc.permissions.retain(|_, exp| *exp > now);
             let dead: Vec<u16> = alloc.channels.iter().filter(|(_, (_, e))| *e <= now).map(|(c, _)| *c).collect();
@@ -399,7 +435,7 @@ impl Engine {
             // A retransmitted Allocate gets the original answer; any other is a mismatch.
             if alloc.txid == msg.transaction_id() {
                 let left = alloc.expires.saturating_duration_since(now);
-                return Some(to_client(from, allocate_success(from, alloc, left, msg.uses_sha256())));
+                return Some(to_client(from, allocate_success(from, alloc, left, msg.uses_sha256(), None)));
             }
             let auth = match self.authenticate(now, msg) {
                 Ok(a) => a,
@@ -428,9 +464,6 @@ impl Engine {
             Some(v) if v.first() != Some(&UDP) => return fail(442, "Unsupported Transport Protocol"),
             Some(_) => {}
         }
-        if msg.get(attr::EVEN_PORT).is_some() || msg.get(attr::RESERVATION_TOKEN).is_some() {
-            return fail(508, "Insufficient Capacity");
-        }
         let family_ok = match msg.get(attr::REQUESTED_ADDRESS_FAMILY).and_then(|v| v.first()) {
             None => true,
             Some(0x01) => from.addr.is_ipv4(),
@@ -445,18 +478,26 @@ impl Engine {
         if held >= self.config.user_quota || self.allocations.len() + self.pending.len() >= self.config.total_quota {
             return fail(486, "Allocation Quota Reached");
         }
-        let lifetime = self.lifetime(msg);
-        self.pending.insert(
-            from,
-            Pending {
-                username: auth.username,
-                key: auth.key,
-                txid: msg.transaction_id(),
-                lifetime,
-                sha256: msg.uses_sha256(),
+        // Last, so that a failed check never consumes a reservation.
+        let port = match (msg.get(attr::EVEN_PORT), msg.get(attr::RESERVATION_TOKEN)) {
+            (Some(_), Some(_)) => return fail(400, "Bad Request"),
+            (Some(v), None) => PortRequest::Even { reserve_next: v.first().is_some_and(|b| b & 0x80 != 0) },
+            (None, Some(token)) => match <[u8; 8]>::try_from(token).ok().and_then(|t| self.reservations.remove(&t)) {
+                Some((addr, _)) => PortRequest::Reserved(addr),
+                None => return fail(508, "Insufficient Capacity"),
             },
-        );
-        self.events.push(Event::BindRelay { client: from, family_of: from.addr.ip() });
+            (None, None) => PortRequest::Any,
+        };
+        let pending = Pending {
+            username: auth.username,
+            key: auth.key,
+            txid: msg.transaction_id(),
+            lifetime: self.lifetime(msg),
+            sha256: msg.uses_sha256(),
+            reserve: matches!(port, PortRequest::Even { reserve_next: true }),
+        };
+        self.pending.insert(from, pending);
+        self.events.push(Event::BindRelay { client: from, family_of: from.addr.ip(), port });
         None
     }
 
@@ -597,11 +638,20 @@ impl Allocation {
     }
 }
 
-fn allocate_success(client: Client, alloc: &Allocation, lifetime: Duration, sha256: bool) -> Vec<u8> {
-    let b = Builder::new(Class::Success, method::ALLOCATE, alloc.txid)
+fn allocate_success(
+    client: Client,
+    alloc: &Allocation,
+    lifetime: Duration,
+    sha256: bool,
+    token: Option<[u8; 8]>,
+) -> Vec<u8> {
+    let mut b = Builder::new(Class::Success, method::ALLOCATE, alloc.txid)
         .xor_address(attr::XOR_RELAYED_ADDRESS, alloc.relay)
         .u32(attr::LIFETIME, lifetime.as_secs() as u32)
         .xor_address(attr::XOR_MAPPED_ADDRESS, client.addr);
+    if let Some(token) = token {
+        b = b.attr(attr::RESERVATION_TOKEN, &token);
+    }
     seal(b, &alloc.key, sha256)
 }
 

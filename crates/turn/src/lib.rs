@@ -16,5 +16,5 @@ pub mod policy;
 pub mod stun;
 
 pub use credentials::Credentials;
-pub use engine::{Client, Engine, EngineConfig, Event, Stats, Transmit, Transport, CHANNEL_HEADROOM};
+pub use engine::{Client, Engine, EngineConfig, Event, PortRequest, Stats, Transmit, Transport, CHANNEL_HEADROOM};
 pub use policy::PeerPolicy;

@@ -228,6 +228,7 @@ fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
         assert_eq!(w.bind_channel(&c, 0x4001, addr("198.51.100.8:1")), Some(400));
         assert_eq!(w.bind_channel(&c, 0x4002, addr(PEER)), Some(400));
         assert_eq!(w.bind_channel(&c, 0x3FFF, addr("198.51.100.9:1")), Some(400), "channel numbers start at 0x4000");
+        assert_eq!(w.bind_channel(&c, 0x8000, addr("198.51.100.9:1")), Some(400), "and end at 0x7FFF");
         assert_eq!(w.bind_channel(&c, 0x4001, addr(PEER)), None, "refreshing a binding is fine");
     }
 }
@@ -497,4 +498,56 @@ fn garbage_never_panics() {
         b.extend_from_slice(&[0; CHANNEL_HEADROOM + 3]);
         let _ = w.engine.handle_peer(w.now, relay, addr(PEER), &mut b, len);
     }
+}
+
+#[test]
+fn even_port_with_reservation_hands_out_a_token_for_the_next_port() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let first = Builder::new(Class::Request, method::ALLOCATE, [6; 12]).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    c.nonce = Message::parse(&w.request(&c, first)).unwrap().text(attr::NONCE).unwrap().to_owned();
+    let b =
+        w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x80]);
+    let raw = World::seal(&c, b).finish();
+    assert!(w.engine.handle_client(w.now, c.who, &raw).is_none());
+    let Some(Event::BindRelay { port: PortRequest::Even { reserve_next: true }, .. }) = w.engine.poll_event() else {
+        panic!("the driver is asked for an even port and its neighbour")
+    };
+    let relay = addr("203.0.113.1:50002");
+    let Some(Transmit::ToClient { data, .. }) = w.engine.relay_bound(w.now, c.who, Ok(relay)) else { panic!() };
+    let token = Message::parse(&data).unwrap().get(attr::RESERVATION_TOKEN).expect("token").to_vec();
+
+    // A second client claims the reserved port with the token.
+    let mut d = w.client(1001, Transport::Udp, 600);
+    d.nonce = c.nonce.clone();
+    let b = w
+        .signed(&d, method::ALLOCATE)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::RESERVATION_TOKEN, &token);
+    let raw = World::seal(&d, b).finish();
+    assert!(w.engine.handle_client(w.now, d.who, &raw).is_none());
+    assert_eq!(
+        w.engine.poll_event(),
+        Some(Event::BindRelay {
+            client: d.who,
+            family_of: d.who.addr.ip(),
+            port: PortRequest::Reserved(addr("203.0.113.1:50003"))
+        })
+    );
+    // A token works once; an unclaimed reservation is released after 30 s.
+    let mut e = w.client(1002, Transport::Udp, 600);
+    e.nonce = c.nonce.clone();
+    let b = w
+        .signed(&e, method::ALLOCATE)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::RESERVATION_TOKEN, &token);
+    assert_eq!(w.code(&e, b), Some(508));
+    let b =
+        w.signed(&e, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x80]);
+    let raw = World::seal(&e, b).finish();
+    assert!(w.engine.handle_client(w.now, e.who, &raw).is_none());
+    w.engine.poll_event();
+    w.engine.relay_bound(w.now, e.who, Ok(addr("203.0.113.1:50010")));
+    w.advance(Duration::from_secs(31));
+    assert_eq!(w.engine.poll_event(), Some(Event::ReleaseReserved { addr: addr("203.0.113.1:50011") }));
 }

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use switchboard_turn::{Client, Engine, EngineConfig, Event, PeerPolicy, Stats, Transmit, Transport, CHANNEL_HEADROOM};
+use switchboard_turn::stun::{Class, Message};
+use switchboard_turn::{
+    Client, Engine, EngineConfig, Event, PeerPolicy, PortRequest, Stats, Transmit, Transport, CHANNEL_HEADROOM,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -65,6 +68,8 @@ struct State {
     relays: HashMap<SocketAddr, Relay>,
     /// TCP client address → its outbound queue.
     tcp_clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Sockets bound for ports reserved with EVEN-PORT, by advertised address, until claimed or released.
+    reserved: HashMap<SocketAddr, std::net::UdpSocket>,
 }
 
 struct Relay {
@@ -106,7 +111,12 @@ impl TurnServer {
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let engine = Engine::new(engine, now, unix, rand::random());
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { engine, relays: HashMap::new(), tcp_clients: HashMap::new() }),
+            state: Mutex::new(State {
+                engine,
+                relays: HashMap::new(),
+                tcp_clients: HashMap::new(),
+                reserved: HashMap::new(),
+            }),
             udp: Arc::new(udp),
             bind_ip: config.listen.ip(),
             relay_ip,
@@ -195,19 +205,38 @@ async fn tick_loop(shared: Arc<Shared>) {
 fn deliver(shared: &Shared, st: &State, out: Option<Transmit<'_>>) {
     match out {
         None => {}
-        Some(Transmit::ToClient { to, data }) => match to.transport {
-            Transport::Udp => {
-                let _ = shared.udp.try_send_to(&data, to.addr);
-            }
-            Transport::Tcp => {
-                if let Some(tx) = st.tcp_clients.get(&to.addr) {
-                    let _ = tx.try_send(data.into_owned());
-                }
-            }
-        },
+        Some(Transmit::ToClient { to, data }) => {
+            log_error_answer(to, &data);
+            send_to_client(shared, st, to, data)
+        }
         Some(Transmit::ToPeer { relay, peer, data }) => {
             if let Some(r) = st.relays.get(&relay) {
                 let _ = r.socket.try_send_to(data, peer);
+            }
+        }
+    }
+}
+
+/// Client-visible failures, at debug level: they are the first thing to look at when a client cannot allocate.
+fn log_error_answer(to: Client, data: &[u8]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    if let Ok(m) = Message::parse(data) {
+        if m.class() == Class::Error {
+            debug!(client = %to.addr, transport = ?to.transport, method = m.method(), code = m.error_code(), "turn error answer");
+        }
+    }
+}
+
+fn send_to_client(shared: &Shared, st: &State, to: Client, data: std::borrow::Cow<'_, [u8]>) {
+    match to.transport {
+        Transport::Udp => {
+            let _ = shared.udp.try_send_to(&data, to.addr);
+        }
+        Transport::Tcp => {
+            if let Some(tx) = st.tcp_clients.get(&to.addr) {
+                let _ = tx.try_send(data.into_owned());
             }
         }
     }
@@ -217,8 +246,8 @@ fn deliver(shared: &Shared, st: &State, out: Option<Transmit<'_>>) {
 fn drain_events(shared: &Arc<Shared>, st: &mut State) {
     while let Some(ev) = st.engine.poll_event() {
         match ev {
-            Event::BindRelay { client, .. } => {
-                let bound = bind_relay(shared);
+            Event::BindRelay { client, port, .. } => {
+                let bound = bind_relay(shared, &mut st.reserved, port);
                 let result = match bound {
                     Ok((socket, advertised)) => {
                         let socket = Arc::new(socket);
@@ -240,21 +269,50 @@ fn drain_events(shared: &Arc<Shared>, st: &mut State) {
                     r.task.abort();
                 }
             }
+            Event::ReleaseReserved { addr } => {
+                st.reserved.remove(&addr);
+            }
         }
     }
 }
 
-/// A UDP socket on a random free port of the relay range.
-fn bind_relay(shared: &Shared) -> io::Result<(UdpSocket, SocketAddr)> {
+/// A UDP socket for a new relay: a random free port of the range, an even one (and its odd neighbour kept in
+/// `reserved`), or the socket reserved earlier.
+fn bind_relay(
+    shared: &Shared,
+    reserved: &mut HashMap<SocketAddr, std::net::UdpSocket>,
+    request: PortRequest,
+) -> io::Result<(UdpSocket, SocketAddr)> {
+    let tokio_socket = |s: std::net::UdpSocket| -> io::Result<UdpSocket> {
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    };
+    if let PortRequest::Reserved(addr) = request {
+        let socket =
+            reserved.remove(&addr).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "reservation gone"))?;
+        return Ok((tokio_socket(socket)?, addr));
+    }
     let (lo, hi) = shared.ports;
     let span = u32::from(hi - lo) + 1;
     let start = rand::random::<u32>() % span;
-    for i in 0..span.min(64) {
+    let bind = |port: u16| std::net::UdpSocket::bind(SocketAddr::new(shared.bind_ip, port));
+    for i in 0..span.min(128) {
         let port = lo + ((start + i) % span) as u16;
-        if let Ok(std_socket) = std::net::UdpSocket::bind(SocketAddr::new(shared.bind_ip, port)) {
-            std_socket.set_nonblocking(true)?;
-            let socket = UdpSocket::from_std(std_socket)?;
-            return Ok((socket, SocketAddr::new(shared.relay_ip, port)));
+        match request {
+            PortRequest::Even { .. } if port % 2 == 1 => continue,
+            PortRequest::Even { reserve_next: true } => {
+                if port == u16::MAX || port + 1 > hi {
+                    continue;
+                }
+                let (Ok(a), Ok(b)) = (bind(port), bind(port + 1)) else { continue };
+                reserved.insert(SocketAddr::new(shared.relay_ip, port + 1), b);
+                return Ok((tokio_socket(a)?, SocketAddr::new(shared.relay_ip, port)));
+            }
+            _ => {
+                if let Ok(s) = bind(port) {
+                    return Ok((tokio_socket(s)?, SocketAddr::new(shared.relay_ip, port)));
+                }
+            }
         }
     }
     Err(io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted"))
