@@ -22,6 +22,8 @@ pub struct TestServer {
     pub task: JoinHandle<Result<(), switchboard_server::ServerError>>,
     /// Set for an in-memory server (paused-time tests): connections are pipes, not sockets.
     memory: Option<MemoryConnector>,
+    /// The built-in STUN/TURN server, for its counters.
+    pub turn: Option<switchboard_server::turn::TurnServer>,
 }
 
 fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
@@ -45,8 +47,9 @@ impl TestServer {
         let server = Server::bind(test_config(tweak)).await.expect("bind");
         let addr = server.local_addr();
         let stop = server.shutdown_token();
+        let turn = server.turn().cloned();
         let task = tokio::spawn(server.run());
-        TestServer { addr, stop, task, memory: None }
+        TestServer { addr, stop, task, memory: None, turn }
     }
 
     /// The same server over in-memory pipes, for tests in paused time (see `switchboard_server::memnet`).
@@ -55,7 +58,7 @@ impl TestServer {
         let addr = server.local_addr();
         let stop = server.shutdown_token();
         let task = tokio::spawn(server.run());
-        TestServer { addr, stop, task, memory: Some(connector) }
+        TestServer { addr, stop, task, memory: Some(connector), turn: None }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,165 @@
+//! The STUN/TURN listener over real UDP and TCP sockets, driven by a scripted client built on our codec:
+//! config → policy wiring, credentials from a register accept, TCP framing, allocation freed on TCP close.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use switchboard_server::config::CredentialMode;
+use switchboard_turn::stun::{attr, long_term_key, method, Builder, Class, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Sends a request over UDP and returns the answer.
+async fn udp_round_trip(sock: &UdpSocket, to: SocketAddr, req: Vec<u8>) -> Vec<u8> {
+    sock.send_to(&req, to).await.unwrap();
+    let mut buf = vec![0; 2048];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("TURN answer").unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Sends one request over TCP and reads exactly one STUN answer.
+async fn tcp_round_trip(s: &mut TcpStream, req: Vec<u8>) -> Vec<u8> {
+    s.write_all(&req).await.unwrap();
+    let mut head = [0u8; 20];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head)).await.expect("TURN answer").unwrap();
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.unwrap();
+    [head.to_vec(), body].concat()
+}
+
+struct Creds {
+    user: String,
+    key: [u8; 16],
+    turn: SocketAddr,
+}
+
+async fn server_and_creds(tweak: impl FnOnce(&mut switchboard_server::Config)) -> (TestServer, Creds) {
+    let server = TestServer::start_with(|c| {
+        c.turn.credentials = CredentialMode::Ephemeral;
+        c.turn.port = None;
+        tweak(c);
+    })
+    .await;
+    let mut sig = server.client().await;
+    let accept = sig.request(json!({"class":"request","method":"register","room_id":"cam"})).await;
+    let ice = &accept["ice_servers"][0];
+    let user = ice["ufrag"].as_str().unwrap().to_owned();
+    let key = long_term_key(&user, "switchboard", ice["pwd"].as_str().unwrap());
+    let turn = server.turn.as_ref().unwrap().local_addr();
+    (server, Creds { user, key, turn })
+}
+
+fn allocate_unauth() -> Vec<u8> {
+    Builder::new(Class::Request, method::ALLOCATE, rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .finish()
+}
+
+fn signed(c: &Creds, nonce: &str, m: u16, extra: impl FnOnce(Builder) -> Builder) -> Vec<u8> {
+    let b = Builder::new(Class::Request, m, rand::random())
+        .attr(attr::USERNAME, c.user.as_bytes())
+        .attr(attr::REALM, b"switchboard")
+        .attr(attr::NONCE, nonce.as_bytes());
+    extra(b).integrity(&c.key).fingerprint().finish()
+}
+
+fn udp_transport(b: Builder) -> Builder {
+    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+}
+
+#[tokio::test]
+async fn udp_binding_allocate_and_default_denied_peers() {
+    let (server, c) = server_and_creds(|_| {}).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+
+    let resp = udp_round_trip(&sock, c.turn, Builder::new(Class::Request, method::BINDING, [1; 12]).finish()).await;
+    assert_eq!(Message::parse(&resp).unwrap().xor_address(attr::XOR_MAPPED_ADDRESS), Some(me));
+
+    let resp = udp_round_trip(&sock, c.turn, allocate_unauth()).await;
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code(), Some(401));
+    let nonce = m.text(attr::NONCE).unwrap().to_owned();
+    let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success, "{:?}", m.error_code());
+    let relay = m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(relay.ip().to_string(), "127.0.0.1");
+    assert!((50_000..=65_000).contains(&relay.port()), "{relay}");
+
+    // Without allow-peers, loopback, private and unspecified peers are refused.
+    for peer in ["127.0.0.1:9", "10.0.0.1:9", "0.0.0.0:9"] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let req = signed(&c, &nonce, method::CREATE_PERMISSION, |b| b.xor_address(attr::XOR_PEER_ADDRESS, peer));
+        let resp = udp_round_trip(&sock, c.turn, req).await;
+        assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(403), "{peer}");
+    }
+    assert_eq!(server.turn.as_ref().unwrap().allocations(), 1);
+}
+
+#[tokio::test]
+async fn allowed_loopback_peer_gets_relayed_data_over_udp() {
+    let (server, c) = server_and_creds(|c| c.turn.allow_peers = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let nonce = Message::parse(&udp_round_trip(&sock, c.turn, allocate_unauth()).await)
+        .unwrap()
+        .text(attr::NONCE)
+        .unwrap()
+        .to_owned();
+    let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
+        b.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).xor_address(attr::XOR_PEER_ADDRESS, peer_addr)
+    });
+    assert_eq!(Message::parse(&udp_round_trip(&sock, c.turn, req).await).unwrap().class(), Class::Success);
+
+    sock.send_to(&[0x40, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'], c.turn).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!((&buf[..n], from), (&b"hello"[..], relay));
+    peer.send_to(b"back", relay).await.unwrap();
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], &[0x40, 0x00, 0x00, 0x04, b'b', b'a', b'c', b'k']);
+    let stats = server.turn.as_ref().unwrap().stats();
+    assert_eq!((stats.packets_to_peers, stats.packets_to_clients), (1, 1));
+}
+
+#[tokio::test]
+async fn tcp_allocation_is_freed_when_the_connection_closes() {
+    let (server, c) = server_and_creds(|_| {}).await;
+    let mut s = TcpStream::connect(c.turn).await.unwrap();
+    let nonce =
+        Message::parse(&tcp_round_trip(&mut s, allocate_unauth()).await).unwrap().text(attr::NONCE).unwrap().to_owned();
+    let resp = tcp_round_trip(&mut s, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+    let turn = server.turn.as_ref().unwrap();
+    assert_eq!(turn.allocations(), 1);
+    drop(s);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while turn.allocations() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "allocation not freed after the TCP close");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_credential_for_another_secret_is_refused() {
+    let (_server, mut c) = server_and_creds(|_| {}).await;
+    c.key = long_term_key(&c.user, "switchboard", "not-the-password");
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let nonce = Message::parse(&udp_round_trip(&sock, c.turn, allocate_unauth()).await)
+        .unwrap()
+        .text(attr::NONCE)
+        .unwrap()
+        .to_owned();
+    let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(401));
+}
