@@ -3,6 +3,7 @@
 //! `switchboard serve` runs the signaling server. Configuration layers, lowest first: built-in defaults, the TOML file
 //! given with `--config`, environment variables (`SWITCHBOARD_*`), then flags.
 
+mod bench_args;
 mod serve_args;
 
 use anyhow::Context;
@@ -32,6 +33,8 @@ enum LogFormat {
 enum Command {
     /// Run the signaling server.
     Serve(serve_args::ServeArgs),
+    /// Load-test a signaling server (prints one JSON summary line).
+    Bench(bench_args::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,10 +55,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        // The load generator picks its own runtime flavour.
+        Command::Bench(args) => bench_args::run(args),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the tokio runtime")
 }
 
 async fn serve(args: serve_args::ServeArgs) -> anyhow::Result<()> {

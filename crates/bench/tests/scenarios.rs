@@ -1,0 +1,105 @@
+//! Every scenario at small scale against a real in-process server, plus a deliberately leaking fake server that the
+//! churn scenario must catch.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_bench::{calls, churn, idle, relay};
+use switchboard_server::{Config, Server};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn server() -> String {
+    let mut c = Config::default();
+    c.signaling.listen = "127.0.0.1:0".parse().unwrap();
+    c.turn.listen = "127.0.0.1:0".parse().unwrap();
+    c.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
+    let s = Server::bind(c).await.unwrap();
+    let url = format!("ws://{}/signaling", s.local_addr());
+    tokio::spawn(s.run());
+    url
+}
+
+fn me() -> Option<u32> {
+    Some(std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_registers_every_room_and_reports_memory() {
+    let url = server().await;
+    let c = idle::IdleConfig { url, conns: 200, hold: Duration::from_millis(100), server_pid: me(), concurrency: 32 };
+    let r = idle::run(&c).await.unwrap();
+    assert_eq!(r.get_f64("conns"), Some(200.0));
+    assert!(r.get_f64("register_per_s").unwrap() > 0.0);
+    assert!(r.fields.contains_key("server_rss_per_room_kib"), "{}", r.to_json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_complete_flows_and_measure_setup_latency() {
+    let url = server().await;
+    let c = calls::CallsConfig { url, pairs: 4, duration: Duration::from_millis(500), server_pid: me() };
+    let r = calls::run(&c).await.unwrap();
+    let flows = r.get_f64("flows").unwrap();
+    assert!(flows >= 4.0, "{}", r.to_json());
+    let lat = &r.fields["call_to_accept"];
+    assert_eq!(lat["count"].as_f64(), Some(flows));
+    assert!(lat["p50_ms"].as_f64().unwrap() <= lat["max_ms"].as_f64().unwrap());
+    assert!(r.get_f64("server_cpu_us_per_flow").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_loses_nothing_and_respects_the_window() {
+    let url = server().await;
+    let c = relay::RelayConfig { url, pairs: 3, duration: Duration::from_millis(700), window: 8, server_pid: me() };
+    let r = relay::run(&c).await.unwrap();
+    assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
+    assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());
+    assert!(r.fields["latency"]["count"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_against_switchboard_leaks_nothing() {
+    let url = server().await;
+    let c = churn::ChurnConfig { url, conns: 4, duration: Duration::from_millis(500), server_pid: me() };
+    let r = churn::run(&c).await.unwrap();
+    assert!(r.get_f64("sessions").unwrap() >= 4.0);
+    assert_eq!(r.get_f64("leaked_rooms"), Some(0.0), "{}", r.to_json());
+}
+
+/// A broken server: it never frees a room once registered (neither on unregister nor on close).
+async fn leaking_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/signaling", listener.local_addr().unwrap());
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let held = held.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    let room = v["room_id"].as_str().unwrap_or_default().to_owned();
+                    let fresh = v["method"] == "unregister" || held.lock().unwrap().insert(room);
+                    let class = if fresh { "accept" } else { "reject" };
+                    let reply = serde_json::json!({"class":class,"method":v["method"],"transaction_id":v["transaction_id"]});
+                    if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_detects_a_server_that_leaks_rooms() {
+    let url = leaking_server().await;
+    let c = churn::ChurnConfig { url, conns: 2, duration: Duration::from_millis(200), server_pid: None };
+    let r = churn::run(&c).await.unwrap();
+    let sessions = r.get_f64("sessions").unwrap();
+    assert!(sessions > 0.0);
+    assert_eq!(r.get_f64("leaked_rooms"), Some(sessions), "{}", r.to_json());
+}

@@ -1,0 +1,88 @@
+//! `switchboard bench`: the load generator's CLI. Progress goes to stderr, the result is one JSON line on stdout.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use switchboard_bench::{calls, churn, idle, relay, Report};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Signaling URL of the server under test.
+    #[arg(long, default_value = "ws://127.0.0.1:3000/signaling", global = true)]
+    server: String,
+    /// The server's pid: report its CPU time per unit of work and its memory.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Runtime threads for the generator (1 = single-threaded, best when pinned to one core).
+    #[arg(long, default_value_t = 1, global = true)]
+    threads: usize,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Connect and register N rooms, hold them, report RSS per room.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Seconds to hold the rooms.
+        #[arg(long, default_value_t = 2.0)]
+        hold: f64,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// Full call flows between caller/callee pairs.
+    Calls {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Candidate indications both ways under a bounded in-flight window.
+    Relay {
+        #[arg(long, default_value_t = 20)]
+        pairs: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+    },
+    /// Connect/register/leave loops, then check that no room leaked.
+    Churn {
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    }
+    .context("cannot start the tokio runtime")?;
+    let (url, pid) = (args.server, args.server_pid);
+    let secs = Duration::from_secs_f64;
+    let report: Report = runtime.block_on(async move {
+        match args.scenario {
+            Scenario::Idle { conns, hold, concurrency } => {
+                idle::run(&idle::IdleConfig { url, conns, hold: secs(hold), server_pid: pid, concurrency }).await
+            }
+            Scenario::Calls { pairs, duration } => {
+                calls::run(&calls::CallsConfig { url, pairs, duration: secs(duration), server_pid: pid }).await
+            }
+            Scenario::Relay { pairs, duration, window } => {
+                relay::run(&relay::RelayConfig { url, pairs, duration: secs(duration), window, server_pid: pid }).await
+            }
+            Scenario::Churn { conns, duration } => {
+                churn::run(&churn::ChurnConfig { url, conns, duration: secs(duration), server_pid: pid }).await
+            }
+        }
+    })?;
+    println!("{}", report.to_json());
+    Ok(())
+}
