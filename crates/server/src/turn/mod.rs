@@ -35,6 +35,18 @@ use crate::config::TurnConfig;
 const MAX_DATAGRAM: usize = 65_535;
 /// Frames queued towards one TCP client before further ones are dropped.
 const TCP_QUEUE: usize = 512;
+/// Kernel buffer of the listening UDP socket: it takes every client's traffic, and bursts must not overflow it
+/// while the relay task is busy (the kernel caps this at net.core.rmem_max / wmem_max).
+const LISTEN_UDP_BUFFER: usize = 4 << 20;
+/// Kernel buffer of each relay socket (one peer's traffic towards one client).
+const RELAY_UDP_BUFFER: usize = 1 << 20;
+
+/// Enlarges a UDP socket's kernel buffers; best effort (the kernel may grant less).
+fn grow_buffers(socket: &impl std::os::fd::AsFd, size: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(size);
+    let _ = sock.set_send_buffer_size(size);
+}
 
 /// Why the TURN server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +118,7 @@ impl TurnServer {
         stop: CancellationToken,
     ) -> Result<TurnServer, TurnError> {
         let (udp, tcp) = bind_pair(config.listen).await?;
+        grow_buffers(&udp, LISTEN_UDP_BUFFER);
         let local_addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?;
         let now = tokio::time::Instant::now().into_std();
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -285,6 +298,7 @@ fn bind_relay(
 ) -> io::Result<(UdpSocket, SocketAddr)> {
     let tokio_socket = |s: std::net::UdpSocket| -> io::Result<UdpSocket> {
         s.set_nonblocking(true)?;
+        grow_buffers(&s, RELAY_UDP_BUFFER);
         UdpSocket::from_std(s)
     };
     if let PortRequest::Reserved(addr) = request {
