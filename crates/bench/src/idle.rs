@@ -66,11 +66,13 @@ pub async fn run(c: &IdleConfig) -> Result<Report, BenchError> {
     Ok(r)
 }
 
-/// Waits (at most 10 s) until the server's RSS stops shrinking.
+/// Waits until the server's RSS has stopped shrinking: at least 3 s (sessions linger up to 2 s for the close
+/// handshake), then until two readings a second apart agree, at most 15 s.
 async fn settle_rss(pid: u32) -> Option<u64> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut last = rss_bytes(pid)?;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let now = rss_bytes(pid)?;
         if now >= last {
             return Some(now);

@@ -83,7 +83,8 @@ async fn leaking_server() -> String {
                     let room = v["room_id"].as_str().unwrap_or_default().to_owned();
                     let fresh = v["method"] == "unregister" || held.lock().unwrap().insert(room);
                     let class = if fresh { "accept" } else { "reject" };
-                    let reply = serde_json::json!({"class":class,"method":v["method"],"transaction_id":v["transaction_id"]});
+                    let reply =
+                        serde_json::json!({"class":class,"method":v["method"],"transaction_id":v["transaction_id"]});
                     if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
                         return;
                     }

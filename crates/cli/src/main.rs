@@ -4,10 +4,19 @@
 //! given with `--config`, environment variables (`SWITCHBOARD_*`), then flags.
 
 mod bench_args;
+mod peer_args;
 mod serve_args;
+
+/// mimalloc: thousands of small per-session buffers come and go; it keeps fragmentation low and hands freed pages
+/// back to the OS, so the server's RSS returns near its baseline after a crowd leaves (glibc's arenas did not).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use switchboard_server::admin::LogControl;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -35,6 +44,8 @@ enum Command {
     Serve(serve_args::ServeArgs),
     /// Load-test a signaling server (prints one JSON summary line).
     Bench(bench_args::BenchArgs),
+    /// WebRTC endpoints: keep a room serving/recording H.264 (`serve`), or call one (`play`, `push`).
+    Peer(peer_args::PeerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,28 +58,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, `mi_option_e`; the same index in v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Free pages go back to the OS at once. With mimalloc's default delay the purge only runs when the freeing thread
+/// allocates again, so after a crowd of sessions leaves an idle server would keep its peak RSS indefinitely.
+fn return_freed_memory_promptly() {
+    // SAFETY: sets a process-global allocator option; mimalloc documents it as callable at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&cli.log).with_context(|| format!("invalid --log filter {:?}", cli.log))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    return_freed_memory_promptly();
+    let log_control = init_logging(&cli.log, cli.log_format)?;
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Serve(args) => runtime()?.block_on(serve(args, log_control, &cli.log)),
         // The load generator picks its own runtime flavour.
         Command::Bench(args) => bench_args::run(args),
+        Command::Peer(args) => runtime()?.block_on(peer_args::run(args)),
     }
+}
+
+/// Installs the tracing subscriber; the returned control swaps its filter at runtime (admin API).
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<LogControl> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let env_filter = EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(env_filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter_layer);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+    }
+    Ok(Arc::new(move |new: &str| {
+        let f = EnvFilter::try_new(new).map_err(|e| format!("invalid filter {new:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the tokio runtime")
 }
 
-async fn serve(args: serve_args::ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: serve_args::ServeArgs, log_control: LogControl, log_filter: &str) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    let server = switchboard_server::Server::bind(config).await?;
+    let mut server = switchboard_server::Server::bind(config).await?;
+    server.set_log_control(log_control, log_filter);
     let stop = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Relay port range, e.g. 50000-65000.
     #[arg(long, env = "SWITCHBOARD_TURN_RELAY_PORTS", value_parser = parse_port_range)]
     turn_relay_ports: Option<(u16, u16)>,
+    /// Secret of the admin API (`/api/...`); without one the admin API is off.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_SECRET", hide_env_values = true)]
+    admin_secret: Option<String>,
     /// Per-allocation relay bandwidth cap in bytes per second.
     #[arg(long, env = "SWITCHBOARD_TURN_BANDWIDTH")]
     turn_bandwidth: Option<u64>,
@@ -68,6 +71,7 @@ impl ServeArgs {
         set(&mut s.max_message_size, self.max_message_size);
         set(&mut s.call_timeout, self.call_timeout);
         set(&mut s.shutdown_grace, self.shutdown_grace);
+        set(&mut c.admin.secret, self.admin_secret);
         let t = &mut c.turn;
         set(&mut t.listen, self.turn_listen);
         if self.turn_port.is_some() {

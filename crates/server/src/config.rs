@@ -22,6 +22,16 @@ pub struct Config {
     pub turn: TurnConfig,
     /// External STUN/TURN servers appended to every register accept's `ice_servers`, after the built-in one.
     pub ice_servers: Vec<IceServer>,
+    /// The admin HTTP API.
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP API (SPEC.md §8).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    /// The secret every `/api/…` request must carry; empty disables the admin API.
+    pub secret: String,
 }
 
 /// The signaling listener and per-session limits.

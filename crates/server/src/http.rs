@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SignalingConfig;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::session;
 
 /// What every request handler shares.
@@ -29,14 +30,25 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks every websocket session, which axum itself does not (tokio-rs/axum#3003).
     pub sessions: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// The admin API's settings (secret, log control).
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
+        .merge(crate::web::routes())
         .layer(middleware::from_fn_with_state(state.clone(), take_upgrades))
         .with_state(state)
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], app.metrics.render()).into_response()
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
@@ -75,7 +87,7 @@ async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) ->
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
         .on_upgrade(move |ws| {
-            let AppState { hub, config, shutdown, sessions } = app;
-            sessions.track_future(session::run(ws, peer, hub, config, shutdown))
+            let AppState { hub, config, shutdown, sessions, metrics, .. } = app;
+            sessions.track_future(session::run(ws, peer, hub, config, shutdown, metrics))
         })
 }

@@ -34,6 +34,12 @@ pub enum Cause {
     Protocol,
     /// The server is shutting down.
     Shutdown,
+    /// An operator kicked the room's holder (admin API).
+    Kicked,
+    /// A token holder took the room over (auth on).
+    TakenOver,
+    /// The session kept exceeding its message budget.
+    RateLimited,
 }
 
 impl Cause {
@@ -45,6 +51,9 @@ impl Cause {
             Cause::SlowConsumer => "slow_consumer",
             Cause::Protocol => "protocol",
             Cause::Shutdown => "shutdown",
+            Cause::Kicked => "kicked",
+            Cause::TakenOver => "taken_over",
+            Cause::RateLimited => "rate_limited",
         }
     }
 }

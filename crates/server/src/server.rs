@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{Admin, LogControl};
 use crate::config::{Config, ConfigError};
 use crate::http::{router, AppState};
 use crate::hub::{Hub, MemoryHub};
 use crate::ice::{detect_external_ip, turn_credentials, IceServers};
 use crate::memnet::{self, MemoryConnector, MemoryListener};
+use crate::metrics::Metrics;
 use crate::turn::{engine_config, TurnError, TurnServer};
 
 /// Failures of the server itself (not of one session).
@@ -101,11 +103,42 @@ impl Server {
         let port =
             config.turn.port.or(turn.as_ref().map(|t| t.local_addr().port())).unwrap_or(config.turn.listen.port());
         let ice = IceServers::new(&config, &external_ips, port, &credentials);
-        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout));
-        let state =
-            AppState { hub, config: Arc::new(config.signaling.clone()), shutdown, sessions: TaskTracker::new() };
+        let mut metrics = Metrics::new();
+        if let Some(t) = &turn {
+            metrics.register_turn(t.clone());
+        }
+        let metrics = Arc::new(metrics);
+        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout, metrics.clone()));
+        let admin = Admin {
+            secret: Some(config.admin.secret.clone()).filter(|s| !s.is_empty()),
+            log: None,
+            log_filter: Default::default(),
+        };
+        let state = AppState {
+            hub,
+            config: Arc::new(config.signaling.clone()),
+            shutdown,
+            sessions: TaskTracker::new(),
+            metrics,
+            admin: Arc::new(admin),
+        };
         let trigger = CancellationToken::new();
         Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger, turn, turn_tasks })
+    }
+
+    /// Lets `PUT /api/log-level` change the log filter; `current` is the filter in effect now.
+    pub fn set_log_control(&mut self, control: LogControl, current: &str) {
+        let admin = Admin {
+            secret: self.state.admin.secret.clone(),
+            log: Some(control),
+            log_filter: parking_lot::Mutex::new(current.to_owned()),
+        };
+        self.state.admin = Arc::new(admin);
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
     }
 
     /// The built-in STUN/TURN server, when one runs.

@@ -22,6 +22,7 @@ use tracing::{debug, Instrument};
 
 use crate::config::SignalingConfig;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::outbox::{Cause, Outbox, Outgoing};
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -32,6 +33,10 @@ mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// Application codes (4000–4999): an operator kicked the session (SPEC.md §8).
+    pub const KICKED: u16 = 4001;
+    /// A token holder took the room over (SPEC.md §7).
+    pub const TAKEN_OVER: u16 = 4409;
 }
 
 /// How long a closing session waits for the peer to acknowledge the close before dropping the connection.
@@ -44,6 +49,7 @@ pub async fn run(
     hub: Arc<dyn Hub>,
     config: Arc<SignalingConfig>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let span = tracing::debug_span!("session", peer.addr = %peer, session = tracing::field::Empty);
     async move {
@@ -53,15 +59,19 @@ pub async fn run(
         tracing::Span::current().record("session", id.0);
         debug!("session opened");
         let (close_tx, close_rx) = oneshot::channel();
-        let mut writer = tokio::spawn(write_loop(sink, rx, close_rx));
+        metrics.connections_open.inc();
+        metrics.connections_total.inc();
+        let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, metrics.clone()));
 
         let (cause, code, reason) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (Cause::Shutdown, close::GOING_AWAY, "server shutting down"),
             cause = kill.killed() => (cause, close_code(cause), cause.as_str()),
-            end = read_loop(&mut stream, id, &*hub, &outbox, &config) => end,
+            end = read_loop(&mut stream, id, &*hub, &outbox, &config, &metrics) => end,
         };
         hub.detach(id);
+        metrics.connections_open.dec();
+        metrics.disconnect(cause);
         debug!(cause = cause.as_str(), code, "session closing");
         let _ = close_tx.send(CloseFrame { code, reason: Utf8Bytes::from_static(reason) });
         // Let the writer send the close frame and the peer answer it, then drop the connection either way.
@@ -84,6 +94,7 @@ async fn read_loop(
     hub: &dyn Hub,
     outbox: &Outbox,
     config: &SignalingConfig,
+    metrics: &Metrics,
 ) -> (Cause, u16, &'static str) {
     let mut last_rx = Instant::now();
     let keepalive = sleep_until(last_rx + config.ping_after);
@@ -107,7 +118,10 @@ async fn read_loop(
         };
         last_rx = Instant::now();
         match frame {
-            Some(Ok(WsMessage::Text(text))) => handle_text(id, hub, outbox, text),
+            Some(Ok(WsMessage::Text(text))) => {
+                metrics.bytes_in.inc_by(text.len() as u64);
+                handle_text(id, hub, outbox, metrics, text)
+            }
             Some(Ok(WsMessage::Binary(_))) => {
                 return (Cause::Protocol, close::UNSUPPORTED_DATA, "binary frames are not supported")
             }
@@ -118,13 +132,19 @@ async fn read_loop(
     }
 }
 
-fn handle_text(id: crate::hub::SessionId, hub: &dyn Hub, outbox: &Outbox, text: Utf8Bytes) {
+fn handle_text(id: crate::hub::SessionId, hub: &dyn Hub, outbox: &Outbox, metrics: &Metrics, text: Utf8Bytes) {
     let reject = match Message::parse(text.as_str()) {
         Ok(msg) => match hub.dispatch(id, &msg, &text) {
             Ok(()) => return,
-            Err(reject) => reject.to_json(),
+            Err(reject) => {
+                metrics.reject(reject.code);
+                reject.to_json()
+            }
         },
-        Err(reject) => reject.to_json(),
+        Err(reject) => {
+            metrics.reject(reject.code);
+            reject.to_json()
+        }
     };
     debug!(reject = %reject, "rejected");
     outbox.send(reject.into());
@@ -145,8 +165,10 @@ fn transport_error(e: axum::Error) -> (Cause, u16, &'static str) {
 
 fn close_code(cause: Cause) -> u16 {
     match cause {
-        Cause::SlowConsumer => close::POLICY,
+        Cause::SlowConsumer | Cause::RateLimited => close::POLICY,
         Cause::Shutdown => close::GOING_AWAY,
+        Cause::Kicked => close::KICKED,
+        Cause::TakenOver => close::TAKEN_OVER,
         Cause::Timeout | Cause::Closed | Cause::Protocol => close::NORMAL,
     }
 }
@@ -156,6 +178,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut rx: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<CloseFrame>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         tokio::select! {
@@ -168,11 +191,11 @@ async fn write_loop(
             }
             item = rx.recv() => {
                 let Some(item) = item else { return };
-                if sink.feed(ws_message(item)).await.is_err() {
+                if sink.feed(ws_message(item, &metrics)).await.is_err() {
                     return;
                 }
                 while let Ok(item) = rx.try_recv() {
-                    if sink.feed(ws_message(item)).await.is_err() {
+                    if sink.feed(ws_message(item, &metrics)).await.is_err() {
                         return;
                     }
                 }
@@ -184,9 +207,12 @@ async fn write_loop(
     }
 }
 
-fn ws_message(item: Outgoing) -> WsMessage {
+fn ws_message(item: Outgoing, metrics: &Metrics) -> WsMessage {
     match item {
-        Outgoing::Text(t) => WsMessage::Text(t),
+        Outgoing::Text(t) => {
+            metrics.bytes_out.inc_by(t.len() as u64);
+            WsMessage::Text(t)
+        }
         Outgoing::Ping => WsMessage::Ping(Default::default()),
     }
 }

@@ -17,10 +17,12 @@ use rand::distr::{Alphanumeric, SampleString};
 use switchboard_proto::reply::{RegisterAccept, ServerBye, UnregisterAccept, BYE_CALL_TIMEOUT, BYE_PEER_UNREGISTER};
 use switchboard_proto::{Body, Message, Reject, RejectCode};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use super::{Hub, SessionId};
+use super::{GuestInfo, Hub, RoomInfo, SessionId, TourInfo};
 use crate::ice::IceServers;
-use crate::outbox::Outbox;
+use crate::metrics::Metrics;
+use crate::outbox::{Cause, Outbox};
 
 /// An in-memory [`Hub`] for one node.
 pub struct MemoryHub {
@@ -33,8 +35,9 @@ struct Inner {
     call_timeout: Duration,
 }
 
-#[derive(Default)]
 struct State {
+    /// Counters and gauges (atomics; updated here so they change together with the state they describe).
+    metrics: Arc<Metrics>,
     /// Source of session ids.
     next_session: u64,
     /// Source of the sequence prefix of assigned room ids.
@@ -79,11 +82,22 @@ struct Pending {
     offer: Utf8Bytes,
     /// The timer that ends the call when it is not answered in time.
     timer: AbortHandle,
+    /// When the call was forwarded to the callee, for the setup-time histogram.
+    forwarded_at: Instant,
 }
 
 impl MemoryHub {
-    pub fn new(ice: IceServers, call_timeout: Duration) -> MemoryHub {
-        MemoryHub { inner: Arc::new(Inner { state: Mutex::new(State::default()), ice, call_timeout }) }
+    pub fn new(ice: IceServers, call_timeout: Duration, metrics: Arc<Metrics>) -> MemoryHub {
+        let state = State {
+            metrics,
+            next_session: 0,
+            next_room_seq: 0,
+            next_call: 0,
+            shutting_down: false,
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+        };
+        MemoryHub { inner: Arc::new(Inner { state: Mutex::new(state), ice, call_timeout }) }
     }
 
     /// Number of registered rooms.
@@ -147,7 +161,8 @@ impl Hub for MemoryHub {
                     guest_key.clone(),
                     serial,
                 );
-                let pending = Pending { serial, offer: raw.clone(), timer };
+                let pending = Pending { serial, offer: raw.clone(), timer, forwarded_at: Instant::now() };
+                st.metrics.calls_pending.inc();
                 if let Some(room) = st.rooms.get_mut(&room_key) {
                     room.guests.insert(guest_key.clone(), Guest { caller: sid, pending: Some(pending) });
                 }
@@ -155,6 +170,7 @@ impl Hub for MemoryHub {
                     s.tours.insert((room_key, guest_key));
                 }
                 st.send(owner, raw.clone());
+                st.metrics.relayed("call");
                 Ok(())
             }
             Body::Answer { accepted, guest_id, room_id } => {
@@ -175,11 +191,15 @@ impl Hub for MemoryHub {
                 if *accepted {
                     if let Some(p) = guest.pending.take() {
                         p.timer.abort();
+                        st.metrics.calls_pending.dec();
+                        st.metrics.calls_active.inc();
+                        st.metrics.call_setup.observe(p.forwarded_at.elapsed().as_secs_f64());
                     }
                 } else {
                     st.end_call(room_id, guest_id);
                 }
                 st.send(caller, raw.clone());
+                st.metrics.relayed("call");
                 Ok(())
             }
             Body::Candidate { guest_id, room_id } | Body::Bye { guest_id, room_id } => {
@@ -210,6 +230,7 @@ impl Hub for MemoryHub {
                     st.end_call(room_id, guest_id);
                 }
                 st.send(target, raw.clone());
+                st.metrics.relayed(msg.body.method());
                 Ok(())
             }
         }
@@ -225,9 +246,45 @@ impl Hub for MemoryHub {
     fn begin_shutdown(&self) {
         self.inner.state.lock().shutting_down = true;
     }
+
+    fn rooms(&self) -> Vec<RoomInfo> {
+        let st = self.inner.state.lock();
+        let mut all: Vec<RoomInfo> = st.rooms.keys().filter_map(|id| st.room_info(id)).collect();
+        all.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        all
+    }
+
+    fn room(&self, room_id: &str) -> Option<RoomInfo> {
+        self.inner.state.lock().room_info(room_id)
+    }
+
+    fn kick(&self, room_id: &str) -> bool {
+        let st = self.inner.state.lock();
+        let Some(owner) = st.rooms.get(room_id).map(|r| r.owner) else { return false };
+        // The session ends through its normal path, so detach sends the byes before the close frame goes out.
+        if let Some(s) = st.sessions.get(&owner) {
+            s.outbox.kill(Cause::Kicked);
+        }
+        true
+    }
 }
 
 impl State {
+    fn room_info(&self, room_id: &str) -> Option<RoomInfo> {
+        let room = self.rooms.get(room_id)?;
+        let mut guests: Vec<GuestInfo> = room.guests.keys().map(|g| GuestInfo { guest_id: g.to_string() }).collect();
+        guests.sort_by(|a, b| a.guest_id.cmp(&b.guest_id));
+        let mut tours: Vec<TourInfo> = self
+            .sessions
+            .get(&room.owner)
+            .map(|s| {
+                s.tours.iter().map(|(r, g)| TourInfo { guest_id: g.to_string(), room_id: r.to_string() }).collect()
+            })
+            .unwrap_or_default();
+        tours.sort_by(|a, b| (&a.room_id, &a.guest_id).cmp(&(&b.room_id, &b.guest_id)));
+        Some(RoomInfo { room_id: room_id.to_owned(), guests, tours })
+    }
+
     fn register<'m>(
         &mut self,
         sid: SessionId,
@@ -249,6 +306,7 @@ impl State {
             return Err(msg.reject(RejectCode::AlreadyRegistered, format!("already registered as \"{own}\"")));
         }
         self.rooms.insert(room_id.clone(), Room { owner: sid, guests: HashMap::new() });
+        self.metrics.rooms.inc();
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.room = Some(room_id.clone());
         }
@@ -277,10 +335,9 @@ impl State {
             return; // never free a registration this session does not hold
         }
         let Some(room) = self.rooms.remove(&room_id) else { return };
+        self.metrics.rooms.dec();
         for (guest_id, guest) in room.guests {
-            if let Some(p) = guest.pending {
-                p.timer.abort();
-            }
+            self.forget(&guest);
             if let Some(caller) = self.sessions.get_mut(&guest.caller) {
                 caller.tours.remove(&(room_id.clone(), guest_id.clone()));
             }
@@ -294,10 +351,8 @@ impl State {
         for (room_id, guest_id) in tours {
             let Some(room) = self.rooms.get_mut(&room_id) else { continue };
             if let Some(guest) = room.guests.remove(&guest_id) {
-                if let Some(p) = guest.pending {
-                    p.timer.abort();
-                }
                 let owner = room.owner;
+                self.forget(&guest);
                 self.bye(owner, &guest_id, &room_id, BYE_PEER_UNREGISTER);
             }
         }
@@ -307,13 +362,24 @@ impl State {
     fn end_call(&mut self, room_id: &str, guest_id: &str) -> Option<Guest> {
         let room = self.rooms.get_mut(room_id)?;
         let (guest_key, guest) = room.guests.remove_entry(guest_id)?;
-        if let Some(p) = &guest.pending {
-            p.timer.abort();
-        }
+        self.forget(&guest);
         if let Some(caller) = self.sessions.get_mut(&guest.caller) {
             caller.tours.remove(&(Arc::from(room_id), guest_key));
         }
         Some(guest)
+    }
+
+    /// A call is gone from the state: stop its timer and update the call gauges.
+    fn forget(&self, guest: &Guest) {
+        match &guest.pending {
+            Some(p) => {
+                p.timer.abort();
+                self.metrics.calls_pending.dec();
+            }
+            None => {
+                self.metrics.calls_active.dec();
+            }
+        }
     }
 
     /// A server-built bye, unless the server is shutting down.

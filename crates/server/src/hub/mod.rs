@@ -37,4 +37,34 @@ pub trait Hub: Send + Sync + 'static {
 
     /// From now on, detaching sessions end their calls silently (no bye): the server is going down.
     fn begin_shutdown(&self);
+
+    /// Every registered room, in ZLMediaKit's `listWebrtcRooms` shape.
+    fn rooms(&self) -> Vec<RoomInfo>;
+
+    /// One room.
+    fn room(&self, room_id: &str) -> Option<RoomInfo>;
+
+    /// Disconnects the holder of `room_id` (its counterparts get their byes); false if nobody holds it.
+    fn kick(&self, room_id: &str) -> bool;
+}
+
+/// A room as the admin API shows it (ZLMediaKit's `listWebrtcRooms` item).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RoomInfo {
+    pub room_id: String,
+    /// Calls into this room.
+    pub guests: Vec<GuestInfo>,
+    /// Calls the room's holder made into other rooms.
+    pub tours: Vec<TourInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GuestInfo {
+    pub guest_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TourInfo {
+    pub guest_id: String,
+    pub room_id: String,
 }
