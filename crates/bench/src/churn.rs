@@ -31,7 +31,7 @@ pub async fn run(c: &ChurnConfig) -> Result<Report, BenchError> {
                     let room = format!("churn_{run}_{w}_{n}");
                     let mut ws = connect(&url, w).await?;
                     request(&mut ws, register("r", &room)).await?;
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         request(&mut ws, unregister("u", &room)).await?;
                         let _ = ws.close(None).await;
                     }

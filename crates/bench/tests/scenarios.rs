@@ -16,6 +16,9 @@ async fn server() -> String {
     c.signaling.listen = "127.0.0.1:0".parse().unwrap();
     c.turn.listen = "127.0.0.1:0".parse().unwrap();
     c.turn.external_ips = vec!["127.0.0.1".parse().unwrap()];
+    // A load test is a flood by design: the per-connection message budget must not be what is measured.
+    c.limits.messages_per_second = 1_000_000;
+    c.limits.message_burst = 1_000_000;
     let s = Server::bind(c).await.unwrap();
     let url = format!("ws://{}/signaling", s.local_addr());
     tokio::spawn(s.run());

@@ -6,6 +6,7 @@
 mod bench_args;
 mod peer_args;
 mod serve_args;
+mod token_args;
 
 /// mimalloc: thousands of small per-session buffers come and go; it keeps fragmentation low and hands freed pages
 /// back to the OS, so the server's RSS returns near its baseline after a crowd leaves (glibc's arenas did not).
@@ -44,6 +45,8 @@ enum Command {
     Serve(serve_args::ServeArgs),
     /// Load-test a signaling server (prints one JSON summary line).
     Bench(bench_args::BenchArgs),
+    /// Mint a signaling token (HS256 JWT) for auth-enabled servers.
+    Token(token_args::TokenArgs),
     /// WebRTC endpoints: keep a room serving/recording H.264 (`serve`), or call one (`play`, `push`).
     Peer(peer_args::PeerArgs),
 }
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => runtime()?.block_on(serve(args, log_control, &cli.log)),
         // The load generator picks its own runtime flavour.
         Command::Bench(args) => bench_args::run(args),
+        Command::Token(args) => token_args::run(args),
         Command::Peer(args) => runtime()?.block_on(peer_args::run(args)),
     }
 }

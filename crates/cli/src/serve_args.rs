@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Relay port range, e.g. 50000-65000.
     #[arg(long, env = "SWITCHBOARD_TURN_RELAY_PORTS", value_parser = parse_port_range)]
     turn_relay_ports: Option<(u16, u16)>,
+    /// HS256 secret of signaling tokens; enables auth.
+    #[arg(long, env = "SWITCHBOARD_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// Network whose clients need no token (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long = "anonymous-network", env = "SWITCHBOARD_ANONYMOUS_NETWORKS", value_delimiter = ',')]
+    anonymous_network: Vec<IpNet>,
     /// Secret of the admin API (`/api/...`); without one the admin API is off.
     #[arg(long, env = "SWITCHBOARD_ADMIN_SECRET", hide_env_values = true)]
     admin_secret: Option<String>,
@@ -72,6 +78,8 @@ impl ServeArgs {
         set(&mut s.call_timeout, self.call_timeout);
         set(&mut s.shutdown_grace, self.shutdown_grace);
         set(&mut c.admin.secret, self.admin_secret);
+        set(&mut c.auth.secret, self.auth_secret);
+        c.auth.anonymous_networks.extend(self.anonymous_network);
         let t = &mut c.turn;
         set(&mut t.listen, self.turn_listen);
         if self.turn_port.is_some() {

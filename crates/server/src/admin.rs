@@ -47,10 +47,10 @@ struct SecretQuery {
 }
 
 /// `Err` is the response to send instead.
-fn authorize(app: &AppState, headers: &HeaderMap, query: &SecretQuery) -> Result<(), Response> {
+fn authorize(app: &AppState, headers: &HeaderMap, query: &SecretQuery) -> Result<(), Box<Response>> {
     let Some(expected) = app.admin.secret.as_deref() else {
         let body = json!({"error": "admin API disabled: set admin.secret (SWITCHBOARD_ADMIN_SECRET)"});
-        return Err((StatusCode::FORBIDDEN, Json(body)).into_response());
+        return Err(Box::new((StatusCode::FORBIDDEN, Json(body)).into_response()));
     };
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
@@ -58,7 +58,7 @@ fn authorize(app: &AppState, headers: &HeaderMap, query: &SecretQuery) -> Result
     if constant_eq(given.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
-        Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "admin secret required"}))).into_response())
+        Err(Box::new((StatusCode::UNAUTHORIZED, Json(json!({"error": "admin secret required"}))).into_response()))
     }
 }
 
@@ -68,7 +68,7 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn list_rooms(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<SecretQuery>) -> Response {
     if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
+        return *r;
     }
     Json(app.hub.rooms()).into_response()
 }
@@ -80,7 +80,7 @@ async fn one_room(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
+        return *r;
     }
     match app.hub.room(&id) {
         Some(room) => Json(room).into_response(),
@@ -95,7 +95,7 @@ async fn kick_room(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
+        return *r;
     }
     if app.hub.kick(&id) {
         tracing::info!(room = %id, "room holder kicked by the admin API");
@@ -107,7 +107,7 @@ async fn kick_room(
 
 async fn get_log_level(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<SecretQuery>) -> Response {
     if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
+        return *r;
     }
     Json(json!({"filter": app.admin.log_filter.lock().clone()})).into_response()
 }
@@ -119,7 +119,7 @@ async fn put_log_level(
     body: String,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
+        return *r;
     }
     let Some(control) = &app.admin.log else {
         return (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": "no runtime log control in this process"})))

@@ -24,6 +24,54 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     /// The admin HTTP API.
     pub admin: AdminConfig,
+    /// Signaling auth (off unless a secret is set).
+    pub auth: AuthConfig,
+    /// Per-connection and per-server limits.
+    pub limits: LimitsConfig,
+}
+
+/// Signaling auth (SPEC.md §7).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthConfig {
+    /// HS256 secret of signaling tokens; empty: auth off (ZLMediaKit compatibility).
+    pub secret: String,
+    /// Networks whose clients need no token (legacy ZLMediaKit room keepers cannot carry one).
+    pub anonymous_networks: Vec<IpNet>,
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Sustained messages per second one connection may send.
+    pub messages_per_second: u32,
+    /// Burst allowance above the rate; this many rate-limited messages in a row close the session (1008).
+    pub message_burst: u32,
+    /// Open websocket connections the server accepts in total.
+    pub max_connections: usize,
+    /// Open websocket connections per source IP.
+    pub max_connections_per_ip: usize,
+    /// Calls into one room at once.
+    pub max_calls_per_room: usize,
+    /// Calls one session may have made at once.
+    pub max_calls_per_caller: usize,
+    /// Longest `transaction_id`/`room_id`/`guest_id`, in bytes (at most 128, the protocol's limit).
+    pub max_id_length: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            messages_per_second: 200,
+            message_burst: 400,
+            max_connections: 18_000,
+            max_connections_per_ip: 1_000,
+            max_calls_per_room: 256,
+            max_calls_per_caller: 64,
+            max_id_length: 128,
+        }
+    }
 }
 
 /// The admin HTTP API (SPEC.md §8).
@@ -221,6 +269,19 @@ impl Config {
         }
         if self.turn.credentials == CredentialMode::Static && self.turn.static_username.is_empty() {
             return invalid("turn.static-username", "must not be empty in static mode");
+        }
+        let l = &self.limits;
+        if l.messages_per_second == 0 || l.message_burst == 0 {
+            return invalid("limits.messages-per-second", "rate and burst must be positive");
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return invalid("limits.max-connections", "must be positive");
+        }
+        if l.max_calls_per_room == 0 || l.max_calls_per_caller == 0 {
+            return invalid("limits.max-calls-per-room", "call limits must be positive");
+        }
+        if !(1..=switchboard_proto::MAX_ID_LEN).contains(&l.max_id_length) {
+            return invalid("limits.max-id-length", "must be between 1 and 128");
         }
         if let Some(bad) = self.ice_servers.iter().find(|s| !is_ice_url(&s.url)) {
             return Err(ConfigError::Invalid {

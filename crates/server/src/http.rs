@@ -16,8 +16,11 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
+use crate::config::LimitsConfig;
 use crate::config::SignalingConfig;
 use crate::hub::Hub;
+use crate::limits::{ConnectionLimits, Refused};
 use crate::metrics::Metrics;
 use crate::session;
 
@@ -33,6 +36,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The admin API's settings (secret, log control).
     pub admin: Arc<crate::admin::Admin>,
+    /// Token checks.
+    pub auth: Arc<Auth>,
+    pub limits: Arc<LimitsConfig>,
+    pub connections: Arc<ConnectionLimits>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +66,21 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// The signaling token: `?token=` (browsers cannot set websocket headers) or `Authorization: Bearer`.
+fn token(parts: &axum::http::request::Parts) -> Option<String> {
+    let from_query = parts.uri.query().and_then(|q| {
+        q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(|t| t.replace("%2E", ".").replace("%2e", "."))
+    });
+    from_query.or_else(|| {
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    })
+}
+
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
@@ -80,6 +102,14 @@ async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) ->
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    let slot = match app.connections.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refused::Total) => return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response(),
+        Err(Refused::PerIp) => {
+            return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response()
+        }
+    };
+    let access = app.auth.access(peer.ip(), token(&parts).as_deref());
     let c = &app.config;
     upgrade
         .read_buffer_size(c.read_buffer_size)
@@ -87,7 +117,7 @@ async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) ->
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
         .on_upgrade(move |ws| {
-            let AppState { hub, config, shutdown, sessions, metrics, .. } = app;
-            sessions.track_future(session::run(ws, peer, hub, config, shutdown, metrics))
+            let sessions = app.sessions.clone();
+            sessions.track_future(session::run(ws, peer, app, access, slot))
         })
 }

@@ -6,15 +6,18 @@
 //! - [`http`]: the listener's HTTP side (upgrade on any path, `/livez`, `/readyz`, `/metrics`).
 //! - [`admin`]: the admin API (rooms, kick, ZLMediaKit's listWebrtcRooms, runtime log level).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`auth`]: HS256 token auth; [`limits`]: connection limits and message budgets.
 //! - [`turn`]: the STUN/TURN server's sockets around the sans-IO engine of `switchboard-turn`.
 //! - [`server`]: binding, serving and graceful shutdown.
 //! - [`memnet`]: an in-process listener for paused-time tests and embedding.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod ice;
+pub mod limits;
 pub mod memnet;
 pub mod metrics;
 pub mod outbox;

@@ -15,10 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, LogControl};
+use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::http::{router, AppState};
-use crate::hub::{Hub, MemoryHub};
+use crate::hub::{CallLimits, Hub, MemoryHub};
 use crate::ice::{detect_external_ip, turn_credentials, IceServers};
+use crate::limits::ConnectionLimits;
 use crate::memnet::{self, MemoryConnector, MemoryListener};
 use crate::metrics::Metrics;
 use crate::turn::{engine_config, TurnError, TurnServer};
@@ -108,7 +110,14 @@ impl Server {
             metrics.register_turn(t.clone());
         }
         let metrics = Arc::new(metrics);
-        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(ice, config.signaling.call_timeout, metrics.clone()));
+        let l = &config.limits;
+        let call_limits = CallLimits { per_room: l.max_calls_per_room, per_caller: l.max_calls_per_caller };
+        let hub: Arc<dyn Hub> =
+            Arc::new(MemoryHub::new(ice, config.signaling.call_timeout, call_limits, metrics.clone()));
+        let auth = Auth::new(
+            Some(config.auth.secret.as_str()).filter(|s| !s.is_empty()),
+            config.auth.anonymous_networks.clone(),
+        );
         let admin = Admin {
             secret: Some(config.admin.secret.clone()).filter(|s| !s.is_empty()),
             log: None,
@@ -121,6 +130,9 @@ impl Server {
             sessions: TaskTracker::new(),
             metrics,
             admin: Arc::new(admin),
+            auth: Arc::new(auth),
+            limits: Arc::new(config.limits.clone()),
+            connections: Arc::new(ConnectionLimits::new(l.max_connections, l.max_connections_per_ip)),
         };
         let trigger = CancellationToken::new();
         Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger, turn, turn_tasks })

@@ -14,14 +14,19 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use switchboard_proto::Message;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use switchboard_proto::{Body, Message, Reject, RejectCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
+use crate::auth::Access;
+use crate::config::LimitsConfig;
 use crate::config::SignalingConfig;
+use crate::http::AppState;
 use crate::hub::Hub;
+use crate::limits::{ConnectionSlot, MessageBudget};
 use crate::metrics::Metrics;
 use crate::outbox::{Cause, Outbox, Outgoing};
 
@@ -43,15 +48,15 @@ mod close {
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded websocket until it ends.
-pub async fn run(
-    ws: WebSocket,
-    peer: SocketAddr,
-    hub: Arc<dyn Hub>,
-    config: Arc<SignalingConfig>,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-) {
-    let span = tracing::debug_span!("session", peer.addr = %peer, session = tracing::field::Empty);
+pub async fn run(ws: WebSocket, peer: SocketAddr, app: AppState, access: Access, slot: ConnectionSlot) {
+    let AppState { hub, config, shutdown, metrics, limits, .. } = app;
+    let span = tracing::info_span!(
+        "session",
+        peer.addr = %peer,
+        session = tracing::field::Empty,
+        room = tracing::field::Empty,
+        guest = tracing::field::Empty
+    );
     async move {
         let (sink, mut stream) = ws.split();
         let (outbox, rx, kill) = Outbox::new(config.outbound_queue);
@@ -67,13 +72,15 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => (Cause::Shutdown, close::GOING_AWAY, "server shutting down"),
             cause = kill.killed() => (cause, close_code(cause), cause.as_str()),
-            end = read_loop(&mut stream, id, &*hub, &outbox, &config, &metrics) => end,
+            end = read_loop(&mut stream, Ctx { id, hub: &*hub, outbox: &outbox, config: &config, metrics: &metrics, limits: &limits, access: &access }) => end,
         };
         hub.detach(id);
         metrics.connections_open.dec();
         metrics.disconnect(cause);
         debug!(cause = cause.as_str(), code, "session closing");
-        let _ = close_tx.send(CloseFrame { code, reason: Utf8Bytes::from_static(reason) });
+        // Frames already queued (replies, byes) go out before the close, except to a consumer that is stuck anyway.
+        let drain = cause != Cause::SlowConsumer;
+        let _ = close_tx.send((CloseFrame { code, reason: Utf8Bytes::from_static(reason) }, drain));
         // Let the writer send the close frame and the peer answer it, then drop the connection either way.
         let linger = async {
             let _ = (&mut writer).await;
@@ -82,20 +89,27 @@ pub async fn run(
         if tokio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
             writer.abort();
         }
+        drop(slot);
     }
     .instrument(span)
     .await
 }
 
 /// Reads frames until the session must end; returns why, with the close code to send.
-async fn read_loop(
-    stream: &mut SplitStream<WebSocket>,
+/// What the read loop works with.
+struct Ctx<'a> {
     id: crate::hub::SessionId,
-    hub: &dyn Hub,
-    outbox: &Outbox,
-    config: &SignalingConfig,
-    metrics: &Metrics,
-) -> (Cause, u16, &'static str) {
+    hub: &'a dyn Hub,
+    outbox: &'a Outbox,
+    config: &'a SignalingConfig,
+    metrics: &'a Metrics,
+    limits: &'a LimitsConfig,
+    access: &'a Access,
+}
+
+async fn read_loop(stream: &mut SplitStream<WebSocket>, ctx: Ctx<'_>) -> (Cause, u16, &'static str) {
+    let Ctx { outbox, config, metrics, .. } = ctx;
+    let mut budget = MessageBudget::new(ctx.limits.messages_per_second, ctx.limits.message_burst);
     let mut last_rx = Instant::now();
     let keepalive = sleep_until(last_rx + config.ping_after);
     tokio::pin!(keepalive);
@@ -120,7 +134,11 @@ async fn read_loop(
         match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 metrics.bytes_in.inc_by(text.len() as u64);
-                handle_text(id, hub, outbox, metrics, text)
+                let within_budget = budget.take(last_rx);
+                if !within_budget && budget.refused_in_a_row >= ctx.limits.message_burst {
+                    return (Cause::RateLimited, close::POLICY, "rate limited");
+                }
+                handle_text(&ctx, text, within_budget)
             }
             Some(Ok(WsMessage::Binary(_))) => {
                 return (Cause::Protocol, close::UNSUPPORTED_DATA, "binary frames are not supported")
@@ -132,22 +150,69 @@ async fn read_loop(
     }
 }
 
-fn handle_text(id: crate::hub::SessionId, hub: &dyn Hub, outbox: &Outbox, metrics: &Metrics, text: Utf8Bytes) {
+fn handle_text(ctx: &Ctx<'_>, text: Utf8Bytes, within_budget: bool) {
     let reject = match Message::parse(text.as_str()) {
-        Ok(msg) => match hub.dispatch(id, &msg, &text) {
-            Ok(()) => return,
-            Err(reject) => {
-                metrics.reject(reject.code);
-                reject.to_json()
+        // Over budget, every frame is refused, malformed ones included: flooding with garbage must not be free.
+        Err(mut reject) if !within_budget => {
+            (reject.code, reject.reason) = (RejectCode::RateLimited, "rate limited".into());
+            ctx.metrics.reject(reject.code);
+            reject.to_json()
+        }
+        Ok(msg) => {
+            match admit(ctx, &msg, within_budget).and_then(|takeover| ctx.hub.dispatch(ctx.id, &msg, &text, takeover)) {
+                Ok(()) => {
+                    note_in_span(&msg.body);
+                    return;
+                }
+                Err(reject) => {
+                    ctx.metrics.reject(reject.code);
+                    reject.to_json()
+                }
             }
-        },
+        }
         Err(reject) => {
-            metrics.reject(reject.code);
+            ctx.metrics.reject(reject.code);
             reject.to_json()
         }
     };
     debug!(reject = %reject, "rejected");
-    outbox.send(reject.into());
+    ctx.outbox.send(reject.into());
+}
+
+/// Keeps the session span's `room` and `guest` fields current, so every log line of the session names them.
+fn note_in_span(body: &Body<'_>) {
+    match body {
+        Body::Register { room_id: Some(room) } => {
+            tracing::Span::current().record("room", &**room);
+        }
+        Body::Call { guest_id, .. } => {
+            tracing::Span::current().record("guest", &**guest_id);
+        }
+        _ => {}
+    }
+}
+
+/// The session-level checks between parsing and routing: message budget, id length, auth. `Ok(true)` lets a
+/// register take its room over from a stale session (the token grants the room).
+fn admit<'m>(ctx: &Ctx<'_>, msg: &'m Message<'_>, within_budget: bool) -> Result<bool, Reject<'m>> {
+    if !within_budget {
+        return Err(msg.reject(RejectCode::RateLimited, "rate limited"));
+    }
+    let max = ctx.limits.max_id_length;
+    let ids = [Some(&*msg.transaction_id), msg.body.room_id(), msg.body.guest_id()];
+    if ids.iter().flatten().any(|id| id.len() > max) {
+        return Err(msg.reject(RejectCode::BadField, format!("ids must be at most {max} bytes")));
+    }
+    let unix_now = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let denied = |reason: String| msg.reject(RejectCode::Unauthorized, reason);
+    match &msg.body {
+        Body::Register { room_id } => {
+            ctx.access.may_register(room_id.as_deref(), unix_now()).map_err(denied)?;
+            Ok(room_id.as_deref().is_some_and(|r| ctx.access.grants_room(r)))
+        }
+        Body::Call { room_id, .. } => ctx.access.may_call(room_id, unix_now()).map(|()| false).map_err(denied),
+        _ => Ok(false),
+    }
 }
 
 /// Maps a websocket read error to how the session ends.
@@ -177,14 +242,19 @@ fn close_code(cause: Cause) -> u16 {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut rx: mpsc::Receiver<Outgoing>,
-    mut close: oneshot::Receiver<CloseFrame>,
+    mut close: oneshot::Receiver<(CloseFrame, bool)>,
     metrics: Arc<Metrics>,
 ) {
     loop {
         tokio::select! {
             biased;
             frame = &mut close => {
-                if let Ok(frame) = frame {
+                if let Ok((frame, drain)) = frame {
+                    while let (true, Ok(item)) = (drain, rx.try_recv()) {
+                        if sink.feed(ws_message(item, &metrics)).await.is_err() {
+                            return;
+                        }
+                    }
                     let _ = sink.send(WsMessage::Close(Some(frame))).await;
                 }
                 return;

@@ -33,6 +33,16 @@ struct Inner {
     state: Mutex<State>,
     ice: IceServers,
     call_timeout: Duration,
+    call_limits: CallLimits,
+}
+
+/// How many calls may exist at once.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// Into one room.
+    pub per_room: usize,
+    /// Made by one session.
+    pub per_caller: usize,
 }
 
 struct State {
@@ -87,7 +97,7 @@ struct Pending {
 }
 
 impl MemoryHub {
-    pub fn new(ice: IceServers, call_timeout: Duration, metrics: Arc<Metrics>) -> MemoryHub {
+    pub fn new(ice: IceServers, call_timeout: Duration, call_limits: CallLimits, metrics: Arc<Metrics>) -> MemoryHub {
         let state = State {
             metrics,
             next_session: 0,
@@ -97,7 +107,7 @@ impl MemoryHub {
             sessions: HashMap::new(),
             rooms: HashMap::new(),
         };
-        MemoryHub { inner: Arc::new(Inner { state: Mutex::new(state), ice, call_timeout }) }
+        MemoryHub { inner: Arc::new(Inner { state: Mutex::new(state), ice, call_timeout, call_limits }) }
     }
 
     /// Number of registered rooms.
@@ -115,7 +125,13 @@ impl Hub for MemoryHub {
         id
     }
 
-    fn dispatch<'m>(&self, sid: SessionId, msg: &'m Message<'_>, raw: &Utf8Bytes) -> Result<(), Reject<'m>> {
+    fn dispatch<'m>(
+        &self,
+        sid: SessionId,
+        msg: &'m Message<'_>,
+        raw: &Utf8Bytes,
+        takeover: bool,
+    ) -> Result<(), Reject<'m>> {
         let inner = &self.inner;
         let mut st = inner.state.lock();
         let own_room = match st.sessions.get(&sid) {
@@ -123,7 +139,7 @@ impl Hub for MemoryHub {
             None => return Ok(()), // detached concurrently; nobody to answer
         };
         match &msg.body {
-            Body::Register { room_id } => st.register(sid, own_room, room_id.as_deref(), msg, &inner.ice),
+            Body::Register { room_id } => st.register(sid, own_room, room_id.as_deref(), msg, &inner.ice, takeover),
             Body::Unregister { room_id } => {
                 let Some(own) = own_room else {
                     return Err(msg.reject(RejectCode::NotRegistered, "unregistered"));
@@ -149,6 +165,19 @@ impl Hub for MemoryHub {
                 }
                 if room.guests.contains_key(&**guest_id) {
                     return Err(msg.reject(RejectCode::GuestConflict, format!("guest_id \"{guest_id}\" in use")));
+                }
+                let limits = inner.call_limits;
+                if room.guests.len() >= limits.per_room {
+                    return Err(msg.reject(
+                        RejectCode::RateLimited,
+                        format!("too many calls into this room (max {})", limits.per_room),
+                    ));
+                }
+                if st.sessions.get(&sid).is_some_and(|s| s.tours.len() >= limits.per_caller) {
+                    return Err(msg.reject(
+                        RejectCode::RateLimited,
+                        format!("too many calls from this session (max {})", limits.per_caller),
+                    ));
                 }
                 let (room_key, owner) = (room_key.clone(), room.owner);
                 let guest_key: Arc<str> = Arc::from(&**guest_id);
@@ -292,11 +321,24 @@ impl State {
         wanted: Option<&str>,
         msg: &'m Message<'_>,
         ice: &IceServers,
+        takeover: bool,
     ) -> Result<(), Reject<'m>> {
         let room_id: Arc<str> = match wanted {
             Some(id) => {
-                if self.rooms.get(id).is_some_and(|r| r.owner != sid) {
-                    return Err(msg.reject(RejectCode::RoomConflict, "room id conflict"));
+                if let Some(holder) = self.rooms.get(id).map(|r| r.owner).filter(|o| *o != sid) {
+                    if !takeover {
+                        return Err(msg.reject(RejectCode::RoomConflict, "room id conflict"));
+                    }
+                    if let Some(own) = &own_room {
+                        return Err(
+                            msg.reject(RejectCode::AlreadyRegistered, format!("already registered as \"{own}\""))
+                        );
+                    }
+                    // The stale holder loses the room now (its callers get byes) and is closed with 4409.
+                    self.release(holder);
+                    if let Some(s) = self.sessions.get(&holder) {
+                        s.outbox.kill(Cause::TakenOver);
+                    }
                 }
                 Arc::from(id)
             }

@@ -15,7 +15,7 @@ mod memory;
 use axum::extract::ws::Utf8Bytes;
 use switchboard_proto::{Message, Reject};
 
-pub use memory::MemoryHub;
+pub use memory::{CallLimits, MemoryHub};
 
 use crate::outbox::Outbox;
 
@@ -29,8 +29,16 @@ pub trait Hub: Send + Sync + 'static {
     fn attach(&self, outbox: Outbox) -> SessionId;
 
     /// Handles one validated message from `session`. `raw` is the frame exactly as received, forwarded verbatim when
-    /// the message is relayed. A client mistake comes back as the reject to send to the sender.
-    fn dispatch<'m>(&self, session: SessionId, msg: &'m Message<'_>, raw: &Utf8Bytes) -> Result<(), Reject<'m>>;
+    /// the message is relayed. A client mistake comes back as the reject to send to the sender. `takeover` (a register
+    /// whose token grants the room) lets the register take the room from the session holding it: that session's
+    /// counterparts get their byes and it is closed with 4409.
+    fn dispatch<'m>(
+        &self,
+        session: SessionId,
+        msg: &'m Message<'_>,
+        raw: &Utf8Bytes,
+        takeover: bool,
+    ) -> Result<(), Reject<'m>>;
 
     /// The session is gone: free its room and end its calls.
     fn detach(&self, session: SessionId);
