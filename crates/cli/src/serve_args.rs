@@ -42,6 +42,18 @@ pub struct ServeArgs {
     /// Relay port range, e.g. 50000-65000.
     #[arg(long, env = "SWITCHBOARD_TURN_RELAY_PORTS", value_parser = parse_port_range)]
     turn_relay_ports: Option<(u16, u16)>,
+    /// wss/https listen address (default 0.0.0.0:3001); used when a certificate is configured or --dev-tls.
+    #[arg(long, env = "SWITCHBOARD_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for wss/https.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for wss/https.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve wss/https with a generated self-signed certificate (to try the demo on a LAN; browsers warn).
+    #[arg(long, env = "SWITCHBOARD_DEV_TLS")]
+    dev_tls: bool,
     /// HS256 secret of signaling tokens; enables auth.
     #[arg(long, env = "SWITCHBOARD_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
@@ -78,6 +90,11 @@ impl ServeArgs {
         set(&mut s.call_timeout, self.call_timeout);
         set(&mut s.shutdown_grace, self.shutdown_grace);
         set(&mut c.admin.secret, self.admin_secret);
+        set(&mut c.tls.listen, self.tls_listen);
+        if self.tls_cert.is_some() {
+            (c.tls.cert, c.tls.key) = (self.tls_cert, self.tls_key);
+        }
+        c.tls.dev_self_signed |= self.dev_tls;
         set(&mut c.auth.secret, self.auth_secret);
         c.auth.anonymous_networks.extend(self.anonymous_network);
         let t = &mut c.turn;

@@ -136,7 +136,7 @@ impl Keeper {
             Event::IncomingCall(call) => self.on_call(call).await,
             Event::Candidate(c) if c.room_id == self.room => self.route(&c.guest_id.clone(), CallInput::Candidate(c)),
             Event::Bye { guest_id, room_id, reason } if room_id == self.room => {
-                tracing::info!(%guest_id, reason = reason.as_deref().unwrap_or(""), "call ended by the caller");
+                tracing::info!(%guest_id, reason = reason.as_deref().unwrap_or(""), "bye received");
                 self.route(&guest_id, CallInput::Bye);
             }
             Event::Disconnected => tracing::warn!("signaling connection lost; reconnecting (calls continue)"),

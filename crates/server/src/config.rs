@@ -5,7 +5,7 @@
 //! runs last, so every layer is checked, and each error names the offending field.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -28,6 +28,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Per-connection and per-server limits.
     pub limits: LimitsConfig,
+    /// The wss/https listener.
+    pub tls: TlsConfig,
+}
+
+/// The TLS listener (wss and https): the same endpoints as the plain one.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// Address of the TLS listener (ZLMediaKit's signalingSslPort is 3001).
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `key`, enables the TLS listener.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate at start (for trying the demo on a LAN); browsers will warn.
+    pub dev_self_signed: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { listen: SocketAddr::from(([0, 0, 0, 0], 3001)), cert: None, key: None, dev_self_signed: false }
+    }
 }
 
 /// Signaling auth (SPEC.md §7).
@@ -282,6 +304,9 @@ impl Config {
         }
         if !(1..=switchboard_proto::MAX_ID_LEN).contains(&l.max_id_length) {
             return invalid("limits.max-id-length", "must be between 1 and 128");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert", "tls.cert and tls.key must be set together");
         }
         if let Some(bad) = self.ice_servers.iter().find(|s| !is_ice_url(&s.url)) {
             return Err(ConfigError::Invalid {

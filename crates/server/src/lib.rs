@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: HS256 token auth; [`limits`]: connection limits and message budgets.
 //! - [`turn`]: the STUN/TURN server's sockets around the sans-IO engine of `switchboard-turn`.
+//! - [`tls`]: the wss/https listener (rustls).
 //! - [`server`]: binding, serving and graceful shutdown.
 //! - [`memnet`]: an in-process listener for paused-time tests and embedding.
 
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod turn;
 pub mod web;
 

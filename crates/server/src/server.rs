@@ -23,6 +23,7 @@ use crate::ice::{detect_external_ip, turn_credentials, IceServers};
 use crate::limits::ConnectionLimits;
 use crate::memnet::{self, MemoryConnector, MemoryListener};
 use crate::metrics::Metrics;
+use crate::tls::{self, TlsListener};
 use crate::turn::{engine_config, TurnError, TurnServer};
 
 /// Failures of the server itself (not of one session).
@@ -36,6 +37,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error(transparent)]
     Turn(#[from] TurnError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Where connections come from.
@@ -56,6 +59,8 @@ pub struct Server {
     turn: Option<TurnServer>,
     /// The TURN server's tasks.
     turn_tasks: TaskTracker,
+    /// The wss/https listener, when TLS is configured.
+    tls: Option<TlsListener>,
 }
 
 impl Server {
@@ -66,7 +71,15 @@ impl Server {
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
         info!(addr = %local_addr, "signaling listening");
-        Server::new(config, Listening::Tcp(listener), local_addr, true).await
+        let tls = bind_tls(&config).await?;
+        let mut server = Server::new(config, Listening::Tcp(listener), local_addr, true).await?;
+        server.tls = tls;
+        Ok(server)
+    }
+
+    /// The bound wss/https address, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|t| axum::serve::Listener::local_addr(t).ok())
     }
 
     /// Like [`Server::bind`], but connections are in-memory pipes opened with the returned connector
@@ -135,7 +148,16 @@ impl Server {
             connections: Arc::new(ConnectionLimits::new(l.max_connections, l.max_connections_per_ip)),
         };
         let trigger = CancellationToken::new();
-        Ok(Server { listener, local_addr, grace: config.signaling.shutdown_grace, state, trigger, turn, turn_tasks })
+        Ok(Server {
+            listener,
+            local_addr,
+            grace: config.signaling.shutdown_grace,
+            state,
+            trigger,
+            turn,
+            turn_tasks,
+            tls: None,
+        })
     }
 
     /// Lets `PUT /api/log-level` change the log filter; `current` is the filter in effect now.
@@ -170,8 +192,12 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServerError> {
-        let Server { listener, state, grace, trigger, turn_tasks, .. } = self;
+        let Server { listener, state, grace, trigger, turn_tasks, tls, .. } = self;
         let (hub, sessions_stop) = (state.hub.clone(), state.shutdown.clone());
+        let tls_task = tls.map(|l| {
+            let (state, stop) = (state.clone(), state.shutdown.clone());
+            tokio::spawn(async move { serve(l, &state, stop.cancelled_owned()).await })
+        });
         let stop_accepting = async move {
             trigger.cancelled().await;
             // The hub first, so that no session closing from here on can send a bye.
@@ -188,6 +214,9 @@ impl Server {
             }
             Listening::Memory(l) => serve(l, &state, stop_accepting).await?,
         }
+        if let Some(t) = tls_task {
+            t.await.map_err(|e| ServerError::Serve(std::io::Error::other(e)))??;
+        }
         state.sessions.close();
         let open = state.sessions.len();
         info!(open, "shutting down: closing sessions");
@@ -199,6 +228,25 @@ impl Server {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Binds the TLS listener when TLS is configured (certificate files, or a generated self-signed one).
+async fn bind_tls(config: &Config) -> Result<Option<TlsListener>, ServerError> {
+    let t = &config.tls;
+    let server_config = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => tls::from_pem_files(cert, key)?,
+        _ if t.dev_self_signed => {
+            let (c, _pem) = tls::self_signed(&config.turn.external_ips)?;
+            warn!("serving a self-signed development certificate: browsers will warn; do not use in production");
+            c
+        }
+        _ => return Ok(None),
+    };
+    let addr = t.listen;
+    let tcp = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    let listener = TlsListener::new(tcp, server_config).map_err(|source| ServerError::Bind { addr, source })?;
+    info!(addr = %axum::serve::Listener::local_addr(&listener).unwrap_or(addr), "wss listening");
+    Ok(Some(listener))
 }
 
 /// Serves HTTP and websocket upgrades on `listener` until `stop` completes.
