@@ -1,0 +1,336 @@
+// sdk.test.mjs — unit tests of web/switchboard.js's protocol layer, under Node's test runner with a scripted fake
+// WebSocket: exact wire fields, transaction matching, timeouts, rejects as errors, events, reconnect with backoff and
+// re-register, and the candidate / ICE server conversions. (Media is covered by run.mjs in a real Chromium.)
+//
+//   node --test web/tests/
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  defaultSignalingUrl,
+  firstMid,
+  iceCredentials,
+  randomId,
+  SignalingClient,
+  SignalingError,
+  toBrowserCandidate,
+  toProtocolCandidate,
+  toRTCIceServers,
+} from "../switchboard.js";
+
+/** A WebSocket double: opens (or refuses) on the next tick, records what is sent, and lets the test push frames. */
+class FakeSocket {
+  /** @type {FakeSocket[]} */
+  static all = [];
+  /** How many of the next connection attempts fail. */
+  static refuse = 0;
+  /** Called with each new socket. */
+  static onCreate = (/** @type {FakeSocket} */ _s) => {};
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    /** @type {any[]} */
+    this.sent = [];
+    this.createdAt = performance.now();
+    FakeSocket.all.push(this);
+    const refused = FakeSocket.refuse > 0;
+    if (refused) FakeSocket.refuse--;
+    setTimeout(() => {
+      if (refused) {
+        this.readyState = 3;
+        this.onclose?.({ code: 1006, reason: "" });
+      } else {
+        this.readyState = 1;
+        this.onopen?.();
+      }
+    }, 0);
+    FakeSocket.onCreate(this);
+  }
+
+  send(data) {
+    assert.equal(typeof data, "string");
+    this.sent.push(JSON.parse(data));
+    this.onSend?.(this.sent.at(-1));
+  }
+
+  close(code = 1005) {
+    this.readyState = 3;
+    setTimeout(() => this.onclose?.({ code, reason: "" }), 0);
+  }
+
+  /** The server sends `msg`. */
+  receive(msg) {
+    this.onmessage?.({ data: typeof msg === "string" ? msg : JSON.stringify(msg) });
+  }
+
+  /** The connection drops. */
+  drop(code = 1006) {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: "" });
+  }
+}
+
+function reset() {
+  FakeSocket.all = [];
+  FakeSocket.refuse = 0;
+  FakeSocket.onCreate = () => {};
+}
+
+async function connected(options = {}) {
+  reset();
+  const client = new SignalingClient("ws://example.test:3000/signaling", { WebSocket: /** @type {any} */ (FakeSocket), ...options });
+  await client.connect();
+  return { client, ws: FakeSocket.all[0] };
+}
+
+/** Resolves with the next event of `type`, or fails after `ms`. */
+function nextEvent(target, type, ms = 2000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${type} event within ${ms} ms`)), ms);
+    target.addEventListener(type, (ev) => {
+      clearTimeout(timer);
+      resolve(ev.detail);
+    }, { once: true });
+  });
+}
+
+/** Resolves once `cond()` holds; checks on every macrotask, fails after `ms`. */
+async function until(cond, ms = 2000, what = "condition") {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error(`${what} not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+const keys = (o) => Object.keys(o).sort();
+const ALNUM32 = /^[A-Za-z0-9]{32}$/;
+
+test("candidates convert between the browser's prefixed form and the protocol's", () => {
+  const line = "7e0de214 1 udp 2113955071 192.168.1.1 46411 typ host";
+  assert.equal(toProtocolCandidate(`candidate:${line}`), line);
+  assert.equal(toProtocolCandidate(`a=candidate:${line}`), line);
+  assert.equal(toProtocolCandidate(line), line);
+  assert.equal(toBrowserCandidate(line), `candidate:${line}`);
+  assert.equal(toBrowserCandidate(toBrowserCandidate(line)), `candidate:${line}`);
+});
+
+test("ice_servers entries become RTCIceServers", () => {
+  assert.deepEqual(
+    toRTCIceServers([
+      { url: "turn:192.0.2.1:3478?transport=udp", ufrag: "1700000000:room", pwd: "c2VjcmV0" },
+      { url: "stun:192.0.2.1:3478?transport=udp", ufrag: "", pwd: "" },
+      { url: "" },
+      null,
+    ]),
+    [
+      { urls: "turn:192.0.2.1:3478?transport=udp", username: "1700000000:room", credential: "c2VjcmV0" },
+      { urls: "stun:192.0.2.1:3478?transport=udp" },
+    ],
+  );
+  assert.deepEqual(toRTCIceServers(undefined), []);
+});
+
+test("SDP helpers: first m-line's mid and the ICE credentials", () => {
+  const sdp = [
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE v a",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdefghijkl", "a=mid:v",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=ice-ufrag:abcd", "a=mid:a", "",
+  ].join("\r\n");
+  assert.equal(firstMid(sdp), "v");
+  assert.deepEqual(iceCredentials(sdp), { ufrag: "abcd", pwd: "0123456789abcdefghijkl" });
+  assert.equal(firstMid("v=0\r\nm=video 9 RTP/AVP 96\r\nc=IN IP4 0.0.0.0\r\n"), null);
+});
+
+test("random ids and the default signaling URL", () => {
+  assert.match(randomId(), ALNUM32);
+  assert.match(randomId(16), /^[A-Za-z0-9]{16}$/);
+  assert.notEqual(randomId(), randomId());
+  assert.equal(defaultSignalingUrl(new URL("https://demo.example:8443/x/index.html")), "wss://demo.example:8443/signaling");
+  assert.equal(defaultSignalingUrl(new URL("http://127.0.0.1:3000/")), "ws://127.0.0.1:3000/signaling");
+  assert.throws(() => new SignalingClient("http://example.test/"), TypeError);
+});
+
+test("register sends exactly the spec's fields and returns the room and RTCIceServers", async () => {
+  const { client, ws } = await connected();
+  const named = client.register("camera_1");
+  const msg = ws.sent.at(-1);
+  assert.deepEqual(keys(msg), ["class", "method", "room_id", "transaction_id"]);
+  assert.equal(msg.class, "request");
+  assert.equal(msg.method, "register");
+  assert.match(msg.transaction_id, ALNUM32);
+  ws.receive({
+    class: "accept", method: "register", transaction_id: msg.transaction_id, room_id: "camera_1",
+    ice_servers: [{ url: "turn:10.0.0.1:3478?transport=udp", ufrag: "u", pwd: "p" }],
+  });
+  const reg = await named;
+  assert.equal(reg.roomId, "camera_1");
+  assert.deepEqual(reg.iceServers, [{ urls: "turn:10.0.0.1:3478?transport=udp", username: "u", credential: "p" }]);
+  assert.equal(client.roomId, "camera_1");
+  client.close();
+
+  // Without a room id: the field is left out and the assigned id is kept.
+  const second = await connected();
+  const assigned = second.client.register();
+  const m2 = second.ws.sent.at(-1);
+  assert.deepEqual(keys(m2), ["class", "method", "transaction_id"]);
+  // ZLMediaKit's pretty-printed JSON with tabs, extra fields and all.
+  second.ws.receive(
+    `{\n\t"class" : "accept",\n\t"ice_servers" : [ { "pwd" : "ZLMediaKit", "ufrag" : "ZLMediaKit", "url" : "stun:10.0.0.1:3478?transport=udp" } ],\n\t"method" : "register",\n\t"room_id" : "7_Ll2tjQgigRKaY1di",\n\t"transaction_id" : "${m2.transaction_id}"\n}`,
+  );
+  assert.equal((await assigned).roomId, "7_Ll2tjQgigRKaY1di");
+  second.client.close();
+});
+
+test("call sends exactly the spec's fields; the answer is matched by transaction_id", async () => {
+  const { client, ws } = await connected();
+  const answered = client.call({ roomId: "camera_1", guestId: "viewer_9_x", stream: "cam", app: "live", sdp: "v=0 offer" });
+  const call = ws.sent.at(-1);
+  assert.deepEqual(keys(call), ["app", "class", "guest_id", "method", "room_id", "sdp", "stream", "transaction_id", "type", "vhost"]);
+  assert.deepEqual(
+    { ...call, transaction_id: "" },
+    {
+      class: "request", method: "call", transaction_id: "", guest_id: "viewer_9_x", room_id: "camera_1", type: "play",
+      vhost: "__defaultVhost__", app: "live", stream: "cam", sdp: "v=0 offer",
+    },
+  );
+  // An accept for another transaction, or another method, does not settle it.
+  ws.receive({ class: "accept", method: "call", transaction_id: "other", sdp: "wrong" });
+  ws.receive({ class: "accept", method: "register", transaction_id: call.transaction_id, sdp: "wrong" });
+  ws.receive({ class: "accept", method: "call", transaction_id: call.transaction_id, guest_id: "viewer_9_x", sdp: "v=0 answer", sender: "camera_1" });
+  assert.equal(await answered, "v=0 answer");
+  client.close();
+});
+
+test("every reject is a SignalingError with code and reason", async () => {
+  const { client, ws } = await connected();
+  const p = client.call({ roomId: "nobody", guestId: "g", sdp: "o" });
+  const tid = ws.sent.at(-1).transaction_id;
+  ws.receive({ class: "reject", method: "call", transaction_id: tid, reason: 'room_id: "nobody" unregistered', code: "room_not_found" });
+  await assert.rejects(p, (e) => e instanceof SignalingError && e.code === "room_not_found" && e.reason === 'room_id: "nobody" unregistered' && e.method === "call");
+
+  // A callee's refusal (or ZLMediaKit) carries no code.
+  const q = client.call({ roomId: "camera_1", guestId: "g2", sdp: "o" });
+  ws.receive({ class: "reject", method: "call", transaction_id: ws.sent.at(-1).transaction_id, reason: "stream not found" });
+  await assert.rejects(q, (e) => e instanceof SignalingError && e.code === "rejected" && e.reason === "stream not found");
+
+  // A reject that answers nothing pending (e.g. a candidate for an ended call) is an event.
+  const ev = nextEvent(client, "reject");
+  ws.receive({ class: "reject", method: "candidate", transaction_id: "t", reason: 'guest_id "g" not found', code: "unknown_guest" });
+  const err = await ev;
+  assert.ok(err instanceof SignalingError);
+  assert.equal(err.code, "unknown_guest");
+  client.close();
+});
+
+test("a request times out; a timed-out call is ended with a bye", async () => {
+  const { client, ws } = await connected({ requestTimeoutMs: 30 });
+  await assert.rejects(client.register("r"), (e) => e.code === "timeout" && e.method === "register");
+  await assert.rejects(client.call({ roomId: "camera_1", guestId: "g", sdp: "o" }), (e) => e.code === "timeout");
+  const bye = ws.sent.at(-1);
+  assert.deepEqual(keys(bye), ["class", "guest_id", "method", "reason", "room_id", "transaction_id"]);
+  assert.equal(bye.method, "bye");
+  assert.equal(bye.guest_id, "g");
+  assert.equal(bye.room_id, "camera_1");
+  client.close();
+});
+
+test("incoming calls are answered with exactly the spec's fields, once", async () => {
+  const { client, ws } = await connected();
+  const callEvent = nextEvent(client, "call");
+  const offer = {
+    class: "request", method: "call", transaction_id: "T1", guest_id: "ringing_x_y", room_id: "camera_1", type: "play",
+    vhost: "__defaultVhost__", app: "live", stream: "cam", sdp: "v=0 offer",
+  };
+  ws.receive(offer);
+  const call = await callEvent;
+  assert.equal(call.sdp, "v=0 offer");
+  call.accept("v=0 answer");
+  const accept = ws.sent.at(-1);
+  assert.deepEqual(accept, { ...offer, class: "accept", sdp: "v=0 answer" });
+  assert.throws(() => call.reject("late"), SignalingError);
+
+  const second = nextEvent(client, "call");
+  ws.receive({ ...offer, transaction_id: "T2", guest_id: "other" });
+  (await second).reject("busy");
+  const reject = ws.sent.at(-1);
+  const { sdp: _sdp, ...rest } = offer;
+  assert.deepEqual(reject, { ...rest, class: "reject", transaction_id: "T2", guest_id: "other", reason: "busy" });
+  client.close();
+});
+
+test("candidates and byes both ways", async () => {
+  const { client, ws } = await connected();
+  client.candidate({ guestId: "g", roomId: "camera_1", candidate: "candidate:1 1 udp 2113955071 127.0.0.1 5000 typ host", ufrag: "uf", pwd: "pw" });
+  const c = ws.sent.at(-1);
+  assert.deepEqual(keys(c), ["candidate", "class", "guest_id", "method", "pwd", "room_id", "transaction_id", "ufrag"]);
+  assert.equal(c.class, "indication");
+  assert.equal(c.candidate, "1 1 udp 2113955071 127.0.0.1 5000 typ host");
+  client.bye("g", "camera_1");
+  assert.deepEqual(keys(ws.sent.at(-1)), ["class", "guest_id", "method", "room_id", "transaction_id"]);
+
+  const cand = nextEvent(client, "candidate");
+  ws.receive({ class: "indication", method: "candidate", transaction_id: "t", guest_id: "g", room_id: "camera_1",
+    candidate: "9a6c4a99 1 udp 2113955071 10.77.0.1 44239 typ host", ufrag: "u", pwd: "p", sender: "camera_1" });
+  assert.deepEqual(await cand, { guestId: "g", roomId: "camera_1", candidate: "9a6c4a99 1 udp 2113955071 10.77.0.1 44239 typ host", ufrag: "u", pwd: "p" });
+  const bye = nextEvent(client, "bye");
+  ws.receive({ class: "indication", method: "bye", transaction_id: "t", guest_id: "g", room_id: "camera_1", reason: "peer unregister" });
+  assert.deepEqual(await bye, { guestId: "g", roomId: "camera_1", reason: "peer unregister" });
+  client.close();
+});
+
+test("a drop fails pending requests, reconnects with growing backoff and registers the room again", async () => {
+  const { client, ws } = await connected({ reconnect: { initialMs: 40, maxMs: 160 } });
+  const reg = client.register();
+  ws.receive({ class: "accept", method: "register", transaction_id: ws.sent.at(-1).transaction_id, room_id: "5_assigned", ice_servers: [] });
+  await reg;
+  const pending = client.call({ roomId: "camera_1", guestId: "g", sdp: "o" });
+  const disconnected = nextEvent(client, "disconnected");
+  FakeSocket.refuse = 3;
+  ws.drop(1001);
+  await assert.rejects(pending, (e) => e.code === "disconnected");
+  assert.equal((await disconnected).code, 1001);
+
+  // Three refused attempts, then one that opens and receives the re-register.
+  const reconnected = nextEvent(client, "reconnected", 5000);
+  await until(() => FakeSocket.all.length === 5 && FakeSocket.all[4].sent.length === 1, 5000, "re-register sent");
+  const again = FakeSocket.all[4].sent[0];
+  assert.deepEqual(keys(again), ["class", "method", "room_id", "transaction_id"]);
+  assert.equal(again.room_id, "5_assigned");
+  FakeSocket.all[4].receive({ class: "accept", method: "register", transaction_id: again.transaction_id, room_id: "5_assigned", ice_servers: [] });
+  assert.deepEqual(await reconnected, { roomId: "5_assigned", error: null });
+
+  // Delays: 40, 80, 160, then capped at 160 (each ±20 %); each wait is longer than the one before.
+  const gaps = [2, 3, 4].map((i) => FakeSocket.all[i].createdAt - FakeSocket.all[i - 1].createdAt);
+  assert.ok(gaps[0] > 40 * 0.8 * 2 * 0.75 && gaps[1] > gaps[0] * 1.1, `backoff grows: ${gaps.map(Math.round)}`);
+  client.close();
+});
+
+test("a failed re-register is reported; close() stops for good", async () => {
+  const { client, ws } = await connected({ reconnect: { initialMs: 5, maxMs: 10 } });
+  const reg = client.register("camera_1");
+  ws.receive({ class: "accept", method: "register", transaction_id: ws.sent.at(-1).transaction_id, room_id: "camera_1", ice_servers: [] });
+  await reg;
+  FakeSocket.onCreate = (s) => {
+    s.onSend = (m) => s.receive({ class: "reject", method: "register", transaction_id: m.transaction_id, room_id: m.room_id, reason: "room id conflict", code: "room_conflict" });
+  };
+  const reconnected = nextEvent(client, "reconnected");
+  ws.drop();
+  const detail = await reconnected;
+  assert.equal(detail.roomId, null);
+  assert.equal(detail.error.code, "room_conflict");
+  assert.equal(client.roomId, null);
+
+  FakeSocket.all.at(-1).onSend = null; // from now on nothing answers
+  const closed = nextEvent(client, "closed");
+  const pending = client.register("x");
+  client.close();
+  await closed;
+  await assert.rejects(pending, (e) => e.code === "closed");
+  const count = FakeSocket.all.length;
+  assert.throws(() => client.bye("g", "r"), (e) => e.code === "closed");
+  await assert.rejects(client.connect(), (e) => e.code === "closed");
+  assert.equal(FakeSocket.all.length, count, "no reconnect after close()");
+});
