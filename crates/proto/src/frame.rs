@@ -188,18 +188,14 @@ impl<'de> Deserialize<'de> for Field<'de> {
 
 impl<'de> Deserialize<'de> for Presence {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct PresenceVisitor;
-        impl<'de> Visitor<'de> for PresenceVisitor {
-            type Value = Presence;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(if v.is_empty() { Presence::Missing } else { Presence::Present })
-            }
-            non_string_arms!(Presence::Wrong, Presence::Missing);
-        }
-        d.deserialize_any(PresenceVisitor)
+        // Borrow the raw JSON text of the value: the parser validates and skips it without decoding escapes or
+        // copying (an SDP is kilobytes of `\r\n`), and the first bytes say what it is.
+        let raw = <&'de serde_json::value::RawValue>::deserialize(d)?;
+        Ok(match raw.get().as_bytes() {
+            b"null" | b"\"\"" => Presence::Missing,
+            [b'"', ..] => Presence::Present,
+            _ => Presence::Wrong,
+        })
     }
 }
 
