@@ -127,3 +127,59 @@ fn invalid_config_exits_at_start_naming_the_field() {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }
 }
+
+/// One HTTP/1.1 request over a plain socket; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, secret: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn minted_tokens_authorize_and_the_log_level_changes_at_runtime() {
+    let (mut child, addr) = spawn(
+        &["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--external-ip", "192.0.2.1"],
+        &[("SWITCHBOARD_AUTH_SECRET", "tok-secret"), ("SWITCHBOARD_ADMIN_SECRET", "adm")],
+    );
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "tok-secret", "--sub", "cam", "--rooms", "cam_*", "--ttl", "5m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let register =
+        |room: &str| json!({"class":"request","method":"register","transaction_id":"t","room_id":room}).to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/signaling?token={token}")).await.unwrap();
+    ws.send(Message::Text(register("elsewhere").into())).await.unwrap();
+    let Some(Ok(Message::Text(t))) = ws.next().await else { panic!() };
+    assert_eq!(serde_json::from_str::<Value>(t.as_str()).unwrap()["code"], "unauthorized");
+    ws.send(Message::Text(register("cam_1").into())).await.unwrap();
+    let Some(Ok(Message::Text(t))) = ws.next().await else { panic!() };
+    assert_eq!(serde_json::from_str::<Value>(t.as_str()).unwrap()["class"], "accept");
+
+    let addr2 = addr.clone();
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(&addr2, "PUT", "/api/log-level", "adm", "debug")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let addr2 = addr.clone();
+    let (_, body) =
+        tokio::task::spawn_blocking(move || http(&addr2, "GET", "/api/log-level", "adm", "")).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["filter"], "debug");
+    let addr2 = addr.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || http(&addr2, "PUT", "/api/log-level", "adm", "not[a(filter"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}
