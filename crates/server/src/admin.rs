@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,12 +34,26 @@ pub struct Admin {
     pub log_filter: parking_lot::Mutex<String>,
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes(state: AppState) -> Router<AppState> {
+    let api = Router::new()
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{id}", get(one_room).delete(kick_room))
         .route("/api/log-level", get(get_log_level).put(put_log_level))
-        .route("/index/api/listWebrtcRooms", get(zlm_list_rooms))
+        .route_layer(middleware::from_fn_with_state(state, require_secret));
+    api.route("/index/api/listWebrtcRooms", get(zlm_list_rooms))
+}
+
+/// Every `/api/…` route sits behind this check.
+async fn require_secret(
+    State(app): State<AppState>,
+    Query(q): Query<SecretQuery>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match authorize(&app, req.headers(), &q) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => *refusal,
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,37 +81,18 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn list_rooms(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<SecretQuery>) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return *r;
-    }
+async fn list_rooms(State(app): State<AppState>) -> Response {
     Json(app.hub.rooms()).into_response()
 }
 
-async fn one_room(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<SecretQuery>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return *r;
-    }
+async fn one_room(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     match app.hub.room(&id) {
         Some(room) => Json(room).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("room {id:?} not found")}))).into_response(),
     }
 }
 
-async fn kick_room(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<SecretQuery>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return *r;
-    }
+async fn kick_room(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     if app.hub.kick(&id) {
         tracing::info!(room = %id, "room holder kicked by the admin API");
         Json(json!({"kicked": id})).into_response()
@@ -105,22 +101,11 @@ async fn kick_room(
     }
 }
 
-async fn get_log_level(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<SecretQuery>) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return *r;
-    }
+async fn get_log_level(State(app): State<AppState>) -> Response {
     Json(json!({"filter": app.admin.log_filter.lock().clone()})).into_response()
 }
 
-async fn put_log_level(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<SecretQuery>,
-    body: String,
-) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return *r;
-    }
+async fn put_log_level(State(app): State<AppState>, body: String) -> Response {
     let Some(control) = &app.admin.log else {
         return (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": "no runtime log control in this process"})))
             .into_response();

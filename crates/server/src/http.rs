@@ -47,7 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::admin::routes())
+        .merge(crate::admin::routes(state.clone()))
         .merge(crate::web::routes())
         .layer(middleware::from_fn_with_state(state.clone(), take_upgrades))
         .with_state(state)

@@ -93,12 +93,7 @@ async fn metrics_parse_and_move_after_a_scripted_call() {
     assert_eq!(sample(&before, "switchboard_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
     assert_eq!(sample(&before, "switchboard_turn_allocations_active", None), 0.0);
 
-    let mut callee = server.registered("a").await;
-    let mut caller = server.registered("b").await;
-    caller.send(call("T", "g", "a")).await;
-    callee.recv().await;
-    callee.send(answer("accept", "T", "g", "a")).await;
-    caller.recv().await;
+    let (mut callee, mut caller) = server.in_call().await;
     for _ in 0..3 {
         caller.send(candidate("g", "a", "x")).await;
         callee.recv().await;

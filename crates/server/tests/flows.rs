@@ -205,12 +205,7 @@ async fn a_caller_calling_two_rooms_then_disconnecting() {
 #[tokio::test]
 async fn caller_disconnect_mid_call_sends_one_bye_to_the_callee() {
     let server = TestServer::start().await;
-    let mut callee = server.registered("a").await;
-    let mut caller = server.registered("b").await;
-    caller.send(call("T", "g", "a")).await;
-    callee.recv().await;
-    callee.send(answer("accept", "T", "g", "a")).await;
-    caller.recv().await;
+    let (mut callee, mut caller) = server.in_call().await;
     caller.ws.close(None).await.unwrap();
     assert_server_bye(&callee.recv().await, "g", "a", "peer unregister");
     callee.assert_nothing_pending().await;

@@ -82,12 +82,7 @@ async fn an_unanswered_call_times_out() {
 #[tokio::test(start_paused = true)]
 async fn an_answered_call_never_times_out() {
     let server = TestServer::in_memory(|c| c.signaling.call_timeout = Duration::from_secs(5)).await;
-    let mut callee = server.registered("a").await;
-    let mut caller = server.registered("b").await;
-    caller.send(call("T", "g", "a")).await;
-    callee.recv().await;
-    callee.send(answer("accept", "T", "g", "a")).await;
-    caller.recv().await;
+    let (mut callee, mut caller) = server.in_call().await;
     tokio::time::advance(Duration::from_secs(6)).await;
     // Both still in the call: a candidate goes through and nothing else was queued before it.
     caller.send(candidate("g", "a", "after")).await;

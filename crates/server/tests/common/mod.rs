@@ -87,6 +87,19 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// A callee holding room "a" and a caller holding room "b" in an answered call with guest "g" (transaction "T").
+    pub async fn in_call(&self) -> (Client, Client) {
+        let mut callee = self.registered("a").await;
+        let mut caller = self.registered("b").await;
+        caller.send(call("T", "g", "a")).await;
+        callee.recv().await;
+        callee.send(answer("accept", "T", "g", "a")).await;
+        caller.recv().await;
+        (callee, caller)
+    }
+}
+
 /// What a client observed next.
 #[derive(Debug)]
 pub enum Event {
