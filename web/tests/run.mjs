@@ -10,8 +10,9 @@
 // Options: --switchboard PATH (required), --chromium PATH (/usr/bin/chromium), --artifacts DIR
 // (<repo>/target/browser-artifacts), --only NAME[,NAME…]. Every wait has a deadline; nothing sleeps and hopes.
 
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -88,6 +89,73 @@ const suiteTimer = setTimeout(() => {
 let log = [];
 const note = (line) => log.push(`${((Date.now() - suiteStart) / 1000).toFixed(1).padStart(6)}s ${line}`);
 
+// ---- child processes --------------------------------------------------------------------------------------------
+
+/** Processes started by the current case (besides the server), stopped after it. */
+let caseProcs = [];
+
+/**
+ * Starts `opts.switchboard` with `args`, noting each stderr line; resolves with the process once a stderr line
+ * matches `ready` (its match is returned too), or rejects after `ms`.
+ * @param {string} label
+ * @param {string[]} args
+ * @param {RegExp} ready
+ * @param {number} ms
+ */
+function spawnLogged(label, args, ready, ms) {
+  const child = spawn(opts.switchboard, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SWITCHBOARD_LOG: "info" } });
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const timer = setTimeout(() => {
+      settled = true;
+      reject(new Error(`${label} logged nothing matching ${ready} within ${ms / 1000} s`));
+    }, ms);
+    for (const stream of [child.stdout, child.stderr]) {
+      let buffered = "";
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk) => {
+        buffered += chunk;
+        let nl;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          note(`[${label}] ${line}`);
+          const m = settled ? null : ready.exec(line);
+          if (m) {
+            settled = true;
+            clearTimeout(timer);
+            resolve({ child, match: m });
+          }
+        }
+      });
+    }
+    child.on("exit", (code, signal) => {
+      note(`[${label}] exited code=${code} signal=${signal}`);
+      if (!settled) {
+        settled = true;
+        clearTimeout(timer);
+        reject(new Error(`${label} exited (code ${code}, signal ${signal}) before it was ready`));
+      }
+    });
+  });
+}
+
+/** SIGTERM, then SIGKILL after 10 s; resolves on exit. */
+async function stopProc(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function stopCaseProcs() {
+  const procs = caseProcs;
+  caseProcs = [];
+  await Promise.all(procs.map(stopProc));
+}
+
 // ---- the server -------------------------------------------------------------------------------------------------
 
 /** @type {{child: import("node:child_process").ChildProcess, addr: string, turnAddr: string|null}|null} */
@@ -97,7 +165,7 @@ let server = null;
  * Starts `switchboard serve` on loopback and resolves once it logged its signaling address.
  * @param {{listen?: string, turnListen?: string}} [at] Fixed addresses (a restart on the same ports); default port 0.
  */
-function startServer(at = {}) {
+async function startServer(at = {}) {
   const args = [
     "serve",
     "--listen", at.listen ?? "127.0.0.1:0",
@@ -105,47 +173,22 @@ function startServer(at = {}) {
     "--external-ip", "127.0.0.1",
     "--turn-allow-peer", "127.0.0.0/8",
   ];
-  const child = spawn(opts.switchboard, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, SWITCHBOARD_LOG: "info" } });
-  return new Promise((resolve, reject) => {
-    let addr = null;
-    let turnAddr = null;
-    let buffered = "";
-    const timer = setTimeout(() => reject(new Error("switchboard did not log its address within 15 s")), 15_000);
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        note(`[server] ${line}`);
-        const m = /addr=(\S+)/.exec(line);
-        if (m && line.includes("turn listening")) turnAddr = m[1];
-        if (m && line.includes("signaling listening") && addr === null) {
-          addr = m[1];
-          clearTimeout(timer);
-          resolve({ child, addr, turnAddr });
-        }
-      }
-    });
-    child.on("exit", (code, signal) => {
-      note(`[server] exited code=${code} signal=${signal}`);
-      clearTimeout(timer);
-      if (addr === null) reject(new Error(`switchboard exited (code ${code}, signal ${signal}) before logging its address`));
-    });
-  });
+  // The TURN listener logs first ("turn listening addr=…"), then the signaling one.
+  let turnAddr = null;
+  const turnSeen = (line) => {
+    const m = /turn listening.*?addr=(\S+)/.exec(line);
+    if (m) turnAddr = m[1];
+    return /signaling listening.*?addr=(\S+)/.exec(line);
+  };
+  const { child, match } = await spawnLogged("server", args, { exec: turnSeen }, 15_000);
+  return { child, addr: match[1], turnAddr };
 }
 
-/** SIGTERM (graceful shutdown), then wait for the exit, bounded. */
+/** Graceful shutdown (SIGTERM), then wait for the exit, bounded. */
 async function stopServer() {
   const s = server;
   server = null;
-  if (!s || s.child.exitCode !== null || s.child.signalCode !== null) return;
-  const exited = new Promise((resolve) => s.child.once("exit", resolve));
-  s.child.kill("SIGTERM");
-  const timer = setTimeout(() => s.child.kill("SIGKILL"), 15_000);
-  await exited;
-  clearTimeout(timer);
+  if (s) await stopProc(s.child);
 }
 
 // ---- the browser ------------------------------------------------------------------------------------------------
@@ -282,6 +325,21 @@ function assert(cond, text) {
   if (!cond) throw new Error(`assertion failed: ${text}`);
 }
 
+/** A 3-second 320x240 30 fps baseline H.264 clip (Annex-B) made with ffmpeg, once per run; its path. */
+let clipPath = null;
+function h264Clip() {
+  if (clipPath) return clipPath;
+  const dir = mkdtempSync(path.join(tmpdir(), "switchboard-browser-"));
+  const out = path.join(dir, "testsrc.h264");
+  const args = ["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-t", "3",
+    "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264", out];
+  const r = spawnSync("ffmpeg", args, { encoding: "utf8", timeout: 60_000 });
+  if (r.error) throw new Error(`ffmpeg is needed for the test clip (Debian: apt-get install -y ffmpeg): ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`ffmpeg failed: ${r.stderr}`);
+  clipPath = out;
+  return out;
+}
+
 // ---- the cases ----------------------------------------------------------------------------------------------------
 
 const cases = [
@@ -383,13 +441,22 @@ const cases = [
   },
   {
     name: "peer-serve",
-    about: "(e) the browser plays a `switchboard peer serve` room",
-    // ---- PLACEHOLDER for case (e) -------------------------------------------------------------------------------
-    // To be filled in once `switchboard peer serve --server URL --room R --media FILE` lands: start it against
-    // `ws://${server.addr}/signaling` with an H.264 Annex-B file, then `playFrom(viewer, R)` and
-    // `expectFramesRising(viewer)`. Until then the case reports itself as skipped.
-    skip: "waiting for `switchboard peer serve` (another engineer's work in progress)",
-    async run() {},
+    about: "(e) the browser plays a `switchboard peer serve` room (H.264 from a file, webrtc-rs)",
+    async run() {
+      const clip = h264Clip();
+      const r = room("keeper");
+      const keeper = await spawnLogged(
+        "peer serve",
+        ["peer", "serve", "--server", `ws://${server.addr}/signaling`, "--room", r, "--media", clip, "--bind", "127.0.0.1:0",
+          "--record-dir", path.dirname(clip)],
+        /room keeper ready/,
+        15_000,
+      );
+      caseProcs.push(keeper.child);
+      const viewer = await openDemo("viewer");
+      await playFrom(viewer, r);
+      await expectFramesRising(viewer);
+    },
   },
   {
     name: "signaling-restart",
@@ -426,6 +493,8 @@ const cases = [
 async function cleanup() {
   clearTimeout(suiteTimer);
   await closePages().catch(() => {});
+  await stopCaseProcs().catch(() => {});
+  if (clipPath) rmSync(path.dirname(clipPath), { recursive: true, force: true });
   await browser?.close().catch(() => {});
   await stopServer().catch(() => {});
 }
@@ -481,6 +550,7 @@ async function main() {
       console.log(`  log:\n    ${log.join("\n    ")}`);
     }
     await closePages();
+    await stopCaseProcs();
   }
   await cleanup();
   const total = ((Date.now() - suiteStart) / 1000).toFixed(1);

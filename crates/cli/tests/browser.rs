@@ -1,0 +1,148 @@
+//! The browser SDK and demo page (`web/`), tested from `cargo test`.
+//!
+//! - `sdk_unit_tests`: `node --test web/tests/` (the protocol layer of `web/switchboard.js` against a fake socket).
+//! - `sdk_and_demo_type_check`: `tsc -p web/tests` checks the JSDoc types of the SDK and the demo.
+//! - `demo_page_in_chromium`: `web/tests/run.mjs` starts this crate's `switchboard` binary and drives Debian's Chromium
+//!   through the demo page the binary serves, asserting that decoded video frames keep rising. It runs inside a private
+//!   network namespace (`unshare -n`, loopback up), so WebRTC gathers and probes loopback only.
+//!
+//! Invariants: every child runs in its own process group and is killed (the whole group) at its deadline; a failure
+//! shows the child's full output; missing prerequisites (node, Chromium, `unshare`) fail with a message saying what
+//! to install, never skip. `node_modules` is installed with `npm ci` when missing.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The suite keeps itself under 170 s; this is the outer bound, Chromium start-up included.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+fn tests_dir() -> PathBuf {
+    repo().join("web/tests")
+}
+
+/// Runs `cmd` in its own process group, killing the group at `deadline`; returns the status (None on timeout) and
+/// the combined output.
+fn run(mut cmd: Command, deadline: Duration) -> (Option<ExitStatus>, String) {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    (status, output)
+}
+
+fn require_node() {
+    let ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "node is not installed: the browser SDK tests need Node.js (>= 20) and npm on PATH");
+}
+
+/// `npm ci` in web/tests once, when node_modules is missing or incomplete.
+fn node_modules() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        require_node();
+        let dir = tests_dir();
+        let complete = ["playwright-core", "typescript"]
+            .iter()
+            .all(|p| dir.join("node_modules").join(p).join("package.json").exists());
+        if complete {
+            return;
+        }
+        let mut npm = Command::new("npm");
+        npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+        let (status, output) = run(npm, Duration::from_secs(300));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "`npm ci` in {} failed ({status:?}); CI's .ci/run runs it first:\n{output}",
+            dir.display()
+        );
+    });
+}
+
+fn check(what: &str, status: Option<ExitStatus>, output: &str, start: Instant) {
+    match status {
+        Some(s) if s.success() => println!("{what} passed in {:.1} s:\n{output}", start.elapsed().as_secs_f64()),
+        Some(s) => panic!("{what} failed ({s}):\n{output}"),
+        None => panic!("{what} did not finish in time and was killed:\n{output}"),
+    }
+}
+
+#[test]
+fn sdk_unit_tests() {
+    node_modules();
+    let start = Instant::now();
+    let mut node = Command::new("node");
+    node.args(["--test", "web/tests/"]).current_dir(repo());
+    let (status, output) = run(node, Duration::from_secs(60));
+    check("node --test web/tests/", status, &output, start);
+}
+
+#[test]
+fn sdk_and_demo_type_check() {
+    node_modules();
+    let start = Instant::now();
+    let mut tsc = Command::new("node");
+    tsc.arg("node_modules/typescript/bin/tsc").args(["-p", "."]).current_dir(tests_dir());
+    let (status, output) = run(tsc, Duration::from_secs(120));
+    check("tsc -p web/tests (JSDoc types of switchboard.js and demo.js)", status, &output, start);
+}
+
+#[test]
+fn demo_page_in_chromium() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium; CI's .ci/run installs it)"
+    );
+    node_modules();
+    // Root (as CI) makes a network namespace directly; anyone else through a user namespace.
+    let unshare_flags = if Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
+        "-n"
+    } else if Command::new("unshare").args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
+        "-rn"
+    } else {
+        panic!("cannot create a network namespace with `unshare -n` (needs root) or `unshare -rn` (user namespaces)");
+    };
+    let artifacts = repo().join("target/browser-artifacts");
+    let script = format!(
+        "ip link set lo up && exec node web/tests/run.mjs --switchboard '{BIN}' --chromium '{CHROMIUM}' --artifacts '{}'",
+        artifacts.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([unshare_flags, "sh", "-c", &script]).current_dir(repo());
+    let start = Instant::now();
+    let (status, output) = run(cmd, BROWSER_DEADLINE);
+    check("the browser suite (web/tests/run.mjs in Chromium)", status, &output, start);
+}
