@@ -13,7 +13,7 @@
 //! - Malformed input is dropped or answered with a STUN error; it never panics.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -193,7 +193,7 @@ pub struct Engine {
     pending: HashMap<Client, Pending>,
     /// RESERVATION-TOKEN → reserved relay address and when the reservation lapses.
     reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
-    events: Vec<Event>,
+    events: VecDeque<Event>,
     stats: Stats,
 }
 
@@ -215,7 +215,7 @@ impl Engine {
             by_relay: HashMap::new(),
             pending: HashMap::new(),
             reservations: HashMap::new(),
-            events: Vec::new(),
+            events: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -235,11 +235,7 @@ impl Engine {
 
     /// The next thing for the driver to do, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
-        }
+        self.events.pop_front()
     }
 
     /// A datagram (UDP) or one framed message (TCP) from a client.
@@ -358,7 +354,7 @@ impl Engine {
         self.reservations.retain(|_, (addr, exp)| {
             let keep = *exp > now;
             if !keep {
-                events.push(Event::ReleaseReserved { addr: *addr });
+                events.push_back(Event::ReleaseReserved { addr: *addr });
             }
             keep
         });
@@ -382,7 +378,7 @@ impl Engine {
     fn remove_allocation(&mut self, client: Client) {
         if let Some(alloc) = self.allocations.remove(&client) {
             self.by_relay.remove(&alloc.relay);
-            self.events.push(Event::ReleaseRelay { relay: alloc.relay });
+            self.events.push_back(Event::ReleaseRelay { relay: alloc.relay });
         }
     }
 
@@ -497,7 +493,7 @@ impl Engine {
             reserve: matches!(port, PortRequest::Even { reserve_next: true }),
         };
         self.pending.insert(from, pending);
-        self.events.push(Event::BindRelay { client: from, family_of: from.addr.ip(), port });
+        self.events.push_back(Event::BindRelay { client: from, family_of: from.addr.ip(), port });
         None
     }
 
