@@ -163,7 +163,8 @@ let server = null;
 
 /**
  * Starts `switchboard serve` on loopback and resolves once it logged its signaling address.
- * @param {{listen?: string, turnListen?: string}} [at] Fixed addresses (a restart on the same ports); default port 0.
+ * @param {{listen?: string, turnListen?: string, tls?: boolean}} [at] Fixed addresses (a restart on the same ports);
+ *   default port 0. `tls`: also serve https/wss with a generated self-signed certificate (`--dev-tls`).
  */
 async function startServer(at = {}) {
   const args = [
@@ -172,16 +173,21 @@ async function startServer(at = {}) {
     "--turn-listen", at.turnListen ?? "127.0.0.1:0",
     "--external-ip", "127.0.0.1",
     "--turn-allow-peer", "127.0.0.0/8",
+    ...(at.tls ? ["--dev-tls", "--tls-listen", "127.0.0.1:0"] : []),
   ];
-  // The TURN listener logs first ("turn listening addr=…"), then the signaling one.
+  // The listeners log in this order: signaling ("signaling listening addr=…"), wss (with TLS), then TURN.
+  let addr = null;
+  let tlsAddr = null;
   let turnAddr = null;
-  const turnSeen = (line) => {
-    const m = /turn listening.*?addr=(\S+)/.exec(line);
-    if (m) turnAddr = m[1];
-    return /signaling listening.*?addr=(\S+)/.exec(line);
+  const seen = (line) => {
+    const field = (re) => re.exec(line)?.[1] ?? null;
+    addr ??= field(/signaling listening.*?addr=(\S+)/);
+    tlsAddr ??= field(/wss listening.*?addr=(\S+)/);
+    turnAddr ??= field(/turn listening.*?addr=(\S+)/);
+    return addr && turnAddr && (tlsAddr || !at.tls) ? [line] : null;
   };
-  const { child, match } = await spawnLogged("server", args, { exec: turnSeen }, 15_000);
-  return { child, addr: match[1], turnAddr };
+  const { child } = await spawnLogged("server", args, { exec: seen }, 15_000);
+  return { child, addr, turnAddr, tlsAddr };
 }
 
 /** Graceful shutdown (SIGTERM), then wait for the exit, bounded. */
@@ -227,10 +233,12 @@ let openPages = [];
 /**
  * Opens the demo page in a fresh browser context (a separate "person").
  * @param {string} label
- * @param {{relay?: boolean, width?: number, height?: number}} [o]
+ * @param {{relay?: boolean, width?: number, height?: number, https?: boolean}} [o] `https`: load the page from the
+ *   TLS listener (self-signed, so certificate errors are ignored) and signal over wss.
  */
 async function openDemo(label, o = {}) {
-  const context = await browser.newContext({ viewport: { width: o.width ?? 1280, height: o.height ?? 800 } });
+  const viewport = { width: o.width ?? 1280, height: o.height ?? 800 };
+  const context = await browser.newContext({ viewport, ignoreHTTPSErrors: Boolean(o.https) });
   const page = await context.newPage();
   page.setDefaultTimeout(15_000);
   page.on("console", (m) => note(`[${label} console.${m.type()}] ${m.text()}`));
@@ -238,8 +246,9 @@ async function openDemo(label, o = {}) {
   page.on("crash", () => note(`[${label}] page crashed`));
   const entry = { label, page, context };
   openPages.push(entry);
-  await page.goto(`http://${server.addr}/`);
-  await page.waitForFunction(() => document.getElementById("server-url")?.textContent?.startsWith("ws://"));
+  await page.goto(o.https ? `https://${server.tlsAddr}/` : `http://${server.addr}/`);
+  const scheme = o.https ? "wss://" : "ws://";
+  await page.waitForFunction((s) => document.getElementById("server-url")?.textContent?.startsWith(s), scheme);
   if (o.relay) await page.check("#relay-only");
   return entry;
 }
@@ -456,6 +465,22 @@ const cases = [
       const viewer = await openDemo("viewer");
       await playFrom(viewer, r);
       await expectFramesRising(viewer);
+    },
+  },
+  {
+    name: "https-wss",
+    about: "the page served over https (--dev-tls) signals over wss; publish and play work there too",
+    async run() {
+      await stopServer();
+      server = await startServer({ tls: true });
+      const r = room("tls");
+      const pub = await openDemo("publisher", { https: true });
+      await publishFrom(pub, r);
+      const viewer = await openDemo("viewer", { https: true });
+      await playFrom(viewer, r);
+      await expectFramesRising(viewer);
+      await closePages();
+      await stopServer();
     },
   },
   {

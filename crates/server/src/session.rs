@@ -67,12 +67,21 @@ pub async fn run(ws: WebSocket, peer: SocketAddr, app: AppState, access: Access,
         metrics.connections_open.inc();
         metrics.connections_total.inc();
         let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, metrics.clone()));
+        let ctx = Ctx {
+            id,
+            hub: &*hub,
+            outbox: &outbox,
+            config: &config,
+            metrics: &metrics,
+            limits: &limits,
+            access: &access,
+        };
 
         let (cause, code, reason) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (Cause::Shutdown, close::GOING_AWAY, "server shutting down"),
             cause = kill.killed() => (cause, close_code(cause), cause.as_str()),
-            end = read_loop(&mut stream, Ctx { id, hub: &*hub, outbox: &outbox, config: &config, metrics: &metrics, limits: &limits, access: &access }) => end,
+            end = read_loop(&mut stream, ctx) => end,
         };
         hub.detach(id);
         metrics.connections_open.dec();
@@ -95,7 +104,6 @@ pub async fn run(ws: WebSocket, peer: SocketAddr, app: AppState, access: Access,
     .await
 }
 
-/// Reads frames until the session must end; returns why, with the close code to send.
 /// What the read loop works with.
 struct Ctx<'a> {
     id: crate::hub::SessionId,
@@ -107,6 +115,7 @@ struct Ctx<'a> {
     access: &'a Access,
 }
 
+/// Reads frames until the session must end; returns why, with the close code to send.
 async fn read_loop(stream: &mut SplitStream<WebSocket>, ctx: Ctx<'_>) -> (Cause, u16, &'static str) {
     let Ctx { outbox, config, metrics, .. } = ctx;
     let mut budget = MessageBudget::new(ctx.limits.messages_per_second, ctx.limits.message_burst);
