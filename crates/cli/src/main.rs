@@ -39,6 +39,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the signaling server.
