@@ -72,11 +72,7 @@ pub(crate) fn file_stem(guest_id: &str) -> String {
     }
 }
 
-pub(crate) async fn run(
-    ctx: CallContext,
-    call: IncomingCall,
-    inputs: mpsc::UnboundedReceiver<CallInput>,
-) -> CallOutcome {
+pub(crate) async fn run(ctx: CallContext, call: IncomingCall, inputs: mpsc::Receiver<CallInput>) -> CallOutcome {
     let span = tracing::info_span!("call", guest_id = %call.guest_id, call_type = %call.call_type);
     async move {
         let (pc, events) = match endpoint::build(&ctx.endpoint).await {
@@ -126,7 +122,7 @@ async fn serve_call(
     call: &IncomingCall,
     pc: &Arc<dyn PeerConnection>,
     answer: Answer,
-    mut inputs: mpsc::UnboundedReceiver<CallInput>,
+    mut inputs: mpsc::Receiver<CallInput>,
     mut events: mpsc::UnboundedReceiver<PcEvent>,
 ) -> CallOutcome {
     let client = &ctx.client;

@@ -25,6 +25,9 @@ use crate::endpoint::{self, EndpointConfig};
 use crate::media::Clip;
 use crate::PeerError;
 
+/// Signaling messages queued towards one call task.
+const CALL_INPUT_QUEUE: usize = 256;
+
 /// How long shutdown waits for the call tasks.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -125,7 +128,7 @@ struct Keeper {
     clip: Arc<Clip>,
     config: ServeConfig,
     /// Guest id → (task id, input channel).
-    calls: HashMap<String, (tokio::task::Id, mpsc::UnboundedSender<CallInput>)>,
+    calls: HashMap<String, (tokio::task::Id, mpsc::Sender<CallInput>)>,
     tasks: JoinSet<CallOutcome>,
     summary: ServeSummary,
 }
@@ -156,7 +159,10 @@ impl Keeper {
     fn route(&mut self, guest_id: &str, input: CallInput) {
         match self.calls.get(guest_id) {
             Some((_, tx)) => {
-                let _ = tx.send(input);
+                // Bounded: a call task that stopped reading loses signaling instead of growing memory.
+                if tx.try_send(input).is_err() {
+                    tracing::warn!(%guest_id, "call task not keeping up; signaling dropped");
+                }
             }
             None => tracing::debug!(%guest_id, "signaling for an unknown call"),
         }
@@ -176,11 +182,11 @@ impl Keeper {
             return;
         }
         if let Some((_, old)) = self.calls.remove(&call.guest_id) {
-            let _ = old.send(CallInput::Bye);
+            let _ = old.try_send(CallInput::Bye);
         }
         tracing::info!(guest_id = %call.guest_id, call_type = %call.call_type, stream = %call.stream, "incoming call");
         self.summary.calls += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(CALL_INPUT_QUEUE);
         let guest_id = call.guest_id.clone();
         let ctx = CallContext {
             client: self.client.clone(),
@@ -209,7 +215,7 @@ impl Keeper {
 
     async fn shutdown(&mut self) {
         for (_, (_, tx)) in self.calls.drain() {
-            let _ = tx.send(CallInput::Shutdown);
+            let _ = tx.try_send(CallInput::Shutdown);
         }
         let wait = async {
             while let Some(done) = self.tasks.join_next_with_id().await {
