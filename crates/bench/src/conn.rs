@@ -25,8 +25,15 @@ pub fn authority(url: &str) -> Result<SocketAddr, BenchError> {
     host.parse().map_err(|e| BenchError::Protocol(format!("{url}: {e}")))
 }
 
-/// Opens connection number `index` to `url`.
+/// Opens connection number `index` to `url`. Every message is written at once (no write buffer): right for
+/// request/response flows and cheap for thousands of idle connections.
 pub async fn connect(url: &str, index: usize) -> Result<Ws, BenchError> {
+    connect_with(url, index, 0).await
+}
+
+/// Like [`connect`], but frames are gathered in a `write_buffer`-byte buffer until a flush: one `write` per batch,
+/// as a real busy client would send, for streaming scenarios.
+pub async fn connect_with(url: &str, index: usize, write_buffer: usize) -> Result<Ws, BenchError> {
     let addr = authority(url)?;
     let err = |e: std::io::Error| BenchError::Connect { url: url.to_owned(), reason: e.to_string() };
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
@@ -37,7 +44,7 @@ pub async fn connect(url: &str, index: usize) -> Result<Ws, BenchError> {
     let tcp = socket.connect(addr).await.map_err(err)?;
     tcp.set_nodelay(true).map_err(err)?;
     // Small buffers: thousands of idle connections must stay cheap on the generator's side too.
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(write_buffer);
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
         .await
         .map_err(|e| BenchError::Connect { url: url.to_owned(), reason: e.to_string() })?;

@@ -3,9 +3,38 @@
 /// `"name":"value"` in compact JSON → `value`. Benchmark messages never escape quotes inside the fields read here.
 pub fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     let key = format!("\"{name}\":\"");
-    let start = text.find(&key)? + key.len();
+    value_after(text, &key)
+}
+
+/// The string value after `key` (which ends with the opening quote): the allocation-free form of [`field`].
+pub fn value_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(key)? + key.len();
     let end = text[start..].find('"')? + start;
     Some(&text[start..end])
+}
+
+/// A candidate indication split around its `candidate` value, so a hot loop writes only the value.
+pub struct CandidateTemplate {
+    head: String,
+    tail: String,
+}
+
+impl CandidateTemplate {
+    pub fn new(guest: &str, room: &str) -> CandidateTemplate {
+        let whole = candidate(guest, room, "\u{0}");
+        let (head, tail) = whole.split_once('\u{0}').unwrap_or((&whole, ""));
+        CandidateTemplate { head: head.to_owned(), tail: tail.to_owned() }
+    }
+
+    /// The message with `value` as its candidate (one allocation).
+    pub fn with(&self, value: std::fmt::Arguments<'_>) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 48);
+        s.push_str(&self.head);
+        let _ = s.write_fmt(value);
+        s.push_str(&self.tail);
+        s
+    }
 }
 
 pub fn register(tid: &str, room: &str) -> String {
@@ -88,5 +117,7 @@ mod tests {
         assert_eq!(field(&msgs[4], "candidate"), Some("bench 1 2"));
         assert_eq!(field(&msgs[2], "guest_id"), Some("g"));
         assert_eq!(field(&msgs[0], "nope"), None);
+        let t = CandidateTemplate::new("g", "r");
+        assert_eq!(t.with(format_args!("bench {} {}", 1, 2)), msgs[4]);
     }
 }

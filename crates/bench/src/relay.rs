@@ -13,8 +13,11 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conn::{connect, recv_text, request, send_text};
-use crate::messages::{accept, call, candidate, field, register};
+use crate::conn::{connect_with, recv_text, request, send_text};
+
+/// Bytes a sender gathers before writing: a window of candidates goes out in one `write`, not one per message.
+const WRITE_BATCH: usize = 64 * 1024;
+use crate::messages::{accept, call, register, value_after, CandidateTemplate};
 use crate::proc_stats::CpuMeter;
 use crate::report::{histogram, round2};
 use crate::{BenchError, Report};
@@ -45,8 +48,8 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     let mut directions = Vec::new();
     for i in 0..c.pairs {
         let (a_room, b_room) = (format!("relay_a_{run}_{i}"), format!("relay_b_{run}_{i}"));
-        let mut a = connect(&c.url, 2 * i).await?;
-        let mut b = connect(&c.url, 2 * i + 1).await?;
+        let mut a = connect_with(&c.url, 2 * i, WRITE_BATCH).await?;
+        let mut b = connect_with(&c.url, 2 * i + 1, WRITE_BATCH).await?;
         request(&mut a, register("r", &a_room)).await?;
         request(&mut b, register("r", &b_room)).await?;
         let guest = format!("{b_room}_g");
@@ -60,8 +63,9 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
         directions.push(ab.clone());
         directions.push(ba.clone());
         let template = |to_caller: bool| {
-            let (g, r) = (guest.clone(), a_room.clone());
-            move |seq: u64, t: u128| candidate(&g, &r, &format!("bench {seq} {t} {}", u8::from(to_caller)))
+            let t = CandidateTemplate::new(&guest, &a_room);
+            let dir = u8::from(to_caller);
+            move |seq: u64, ns: u128| t.with(format_args!("bench {seq} {ns} {dir}"))
         };
         senders.push(tokio::spawn(send_loop(a_tx, ab.clone(), c.window, stop.clone(), epoch, template(true))));
         senders.push(tokio::spawn(send_loop(b_tx, ba.clone(), c.window, stop.clone(), epoch, template(false))));
@@ -165,7 +169,7 @@ where
             _ = done.changed() => break,
         };
         let Message::Text(t) = frame else { continue };
-        let Some(value) = field(t.as_str(), "candidate") else { continue };
+        let Some(value) = value_after(t.as_str(), "\"candidate\":\"") else { continue };
         let mut parts = value.split(' ').skip(2);
         if let Some(sent_ns) = parts.next().and_then(|s| s.parse::<u128>().ok()) {
             let us = (epoch.elapsed().as_nanos().saturating_sub(sent_ns) / 1000) as u64;
