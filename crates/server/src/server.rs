@@ -105,7 +105,7 @@ impl Server {
         let relay_ip = if listen_ip.is_unspecified() { external_ips[0] } else { listen_ip };
         let (credentials, generated) = turn_credentials(&config);
         if let Some(field) = generated {
-            info!(field, "not configured: generated a random one for this run");
+            info!(field, "no TURN secret configured: generated a random one for this run (credentials will not survive a restart)");
         }
         let shutdown = CancellationToken::new();
         let turn_tasks = TaskTracker::new();
