@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::conn::{connect, recv_text, request, send_text, Ws};
+use crate::conn::{connect_with, feed_text, flush, recv_text, request, send_text, Ws};
+
+/// Bytes gathered before a write; `send_text` flushes each request, candidate bursts go out together.
+const WRITE_BATCH: usize = 16 * 1024;
 use crate::messages::{accept, bye, call, candidate, field, register, sdp};
 use crate::proc_stats::CpuMeter;
 use crate::report::{histogram, round2};
@@ -27,8 +30,8 @@ struct Pair {
 
 async fn open_pair(url: &str, i: usize, run: u32) -> Result<Pair, BenchError> {
     let (caller_room, callee_room) = (format!("caller_{run}_{i}"), format!("callee_{run}_{i}"));
-    let mut caller = connect(url, 2 * i).await?;
-    let mut callee = connect(url, 2 * i + 1).await?;
+    let mut caller = connect_with(url, 2 * i, WRITE_BATCH).await?;
+    let mut callee = connect_with(url, 2 * i + 1, WRITE_BATCH).await?;
     request(&mut caller, register("r", &caller_room)).await?;
     request(&mut callee, register("r", &callee_room)).await?;
     Ok(Pair { caller, callee, caller_room, callee_room })
@@ -51,11 +54,14 @@ async fn flow(p: &mut Pair, n: u64, offer: &str, answer: &str) -> Result<Duratio
     send_text(&mut p.callee, accept(&tid, &guest, &p.callee_room, answer)).await?;
     expect(&recv_text(&mut p.caller).await?, "transaction_id", &tid)?;
     let setup = t0.elapsed();
+    // Both sides trickle two candidates each, gathered like a browser's burst: one write per side.
     for k in 0..2 {
         let line = format!("{k} 1 udp 2113937151 127.0.0.1 {} typ host", 50000 + k);
-        send_text(&mut p.callee, candidate(&guest, &p.callee_room, &line)).await?;
-        send_text(&mut p.caller, candidate(&guest, &p.callee_room, &line)).await?;
+        feed_text(&mut p.callee, candidate(&guest, &p.callee_room, &line)).await?;
+        feed_text(&mut p.caller, candidate(&guest, &p.callee_room, &line)).await?;
     }
+    flush(&mut p.callee).await?;
+    flush(&mut p.caller).await?;
     for _ in 0..2 {
         expect(&recv_text(&mut p.caller).await?, "method", "candidate")?;
         expect(&recv_text(&mut p.callee).await?, "method", "candidate")?;

@@ -67,6 +67,16 @@ pub async fn send_text(ws: &mut Ws, text: String) -> Result<(), BenchError> {
     ws.send(Message::Text(text.into())).await.map_err(|e| BenchError::Protocol(e.to_string()))
 }
 
+/// Queues a frame without writing it (with a write buffer, see [`connect_with`]); [`flush`] sends the batch.
+pub async fn feed_text(ws: &mut Ws, text: String) -> Result<(), BenchError> {
+    ws.feed(Message::Text(text.into())).await.map_err(|e| BenchError::Protocol(e.to_string()))
+}
+
+/// Writes what [`feed_text`] queued.
+pub async fn flush(ws: &mut Ws) -> Result<(), BenchError> {
+    ws.flush().await.map_err(|e| BenchError::Protocol(e.to_string()))
+}
+
 /// Sends a request and returns the next message, which must be its accept.
 pub async fn request(ws: &mut Ws, text: String) -> Result<String, BenchError> {
     send_text(ws, text).await?;
