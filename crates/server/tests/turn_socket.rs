@@ -55,6 +55,12 @@ async fn server_and_creds(tweak: impl FnOnce(&mut switchboard_server::Config)) -
     (server, Creds { user, key, turn })
 }
 
+/// The nonce of the 401 an unauthenticated Allocate gets.
+async fn nonce_over_udp(sock: &UdpSocket, turn: SocketAddr) -> String {
+    let resp = udp_round_trip(sock, turn, allocate_unauth()).await;
+    Message::parse(&resp).unwrap().text(attr::NONCE).unwrap().to_owned()
+}
+
 fn allocate_unauth() -> Vec<u8> {
     Builder::new(Class::Request, method::ALLOCATE, rand::random())
         .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
@@ -109,11 +115,7 @@ async fn allowed_loopback_peer_gets_relayed_data_over_udp() {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    let nonce = Message::parse(&udp_round_trip(&sock, c.turn, allocate_unauth()).await)
-        .unwrap()
-        .text(attr::NONCE)
-        .unwrap()
-        .to_owned();
+    let nonce = nonce_over_udp(&sock, c.turn).await;
     let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
     let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
     let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
@@ -155,11 +157,7 @@ async fn a_credential_for_another_secret_is_refused() {
     let (_server, mut c) = server_and_creds(|_| {}).await;
     c.key = long_term_key(&c.user, "switchboard", "not-the-password");
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let nonce = Message::parse(&udp_round_trip(&sock, c.turn, allocate_unauth()).await)
-        .unwrap()
-        .text(attr::NONCE)
-        .unwrap()
-        .to_owned();
+    let nonce = nonce_over_udp(&sock, c.turn).await;
     let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
     assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(401));
 }
