@@ -168,3 +168,24 @@ async fn shutdown_grace_period_bounds_the_wait() {
     server.stop.cancel();
     tokio::time::timeout(WAIT, server.task).await.expect("bounded by the grace period").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn client_pings_are_answered_with_pongs() {
+    // ZLMediaKit's room keeper pings after 10 s of silence and gives up at 30 s without any frame, pongs included.
+    use futures_util::StreamExt;
+    let server = TestServer::start().await;
+    let mut c = server.registered("keeper").await;
+    c.ws.send(Message::Ping(b"zlm".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], b"zlm");
+}
