@@ -89,3 +89,16 @@ async fn an_answered_call_never_times_out() {
     assert_eq!(callee.recv().await["candidate"], "after");
     caller.assert_nothing_pending().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_waiting_at_the_grace_period() {
+    // The client neither reads the close frame nor answers it, so its session would linger for the close handshake
+    // (2 s); a 1 s grace period must end the wait first.
+    let server = TestServer::in_memory(|c| c.signaling.shutdown_grace = Duration::from_secs(1)).await;
+    let _stuck = server.registered("stuck").await;
+    let start = Instant::now();
+    server.stop.cancel();
+    server.task.await.unwrap().unwrap();
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(2), "waited {waited:?}");
+}

@@ -402,11 +402,13 @@ impl State {
 
     /// Removes the call (room, guest) from both the room and its caller, stopping its timer.
     fn end_call(&mut self, room_id: &str, guest_id: &str) -> Option<Guest> {
+        // The map's own key, so removing the tour clones an Arc instead of allocating a new string.
+        let room_key = self.rooms.get_key_value(room_id)?.0.clone();
         let room = self.rooms.get_mut(room_id)?;
         let (guest_key, guest) = room.guests.remove_entry(guest_id)?;
         self.forget(&guest);
         if let Some(caller) = self.sessions.get_mut(&guest.caller) {
-            caller.tours.remove(&(Arc::from(room_id), guest_key));
+            caller.tours.remove(&(room_key, guest_key));
         }
         Some(guest)
     }
