@@ -6,23 +6,24 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
+use crate::auth::{Access, Auth};
 use crate::config::LimitsConfig;
 use crate::config::SignalingConfig;
 use crate::hub::Hub;
-use crate::limits::{ConnectionLimits, Refused};
+use crate::limits::{ConnectionLimits, ConnectionSlot, Refused};
 use crate::metrics::Metrics;
 use crate::session;
+use crate::ws::handshake;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -31,7 +32,8 @@ pub struct AppState {
     pub config: Arc<SignalingConfig>,
     /// Cancelled when graceful shutdown begins.
     pub shutdown: CancellationToken,
-    /// Tracks every websocket session, which axum itself does not (tokio-rs/axum#3003).
+    /// Tracks every connection the server runs itself: websocket sessions (which axum would not track,
+    /// tokio-rs/axum#3003) and plain-TCP HTTP connections.
     pub sessions: TaskTracker,
     pub metrics: Arc<Metrics>,
     /// The admin API's settings (secret, log control).
@@ -66,58 +68,85 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// The signaling token: `?token=` (browsers cannot set websocket headers) or `Authorization: Bearer`.
-fn token(parts: &axum::http::request::Parts) -> Option<String> {
-    let from_query = parts.uri.query().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(|t| t.replace("%2E", ".").replace("%2e", "."))
-    });
-    from_query.or_else(|| {
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-    })
+/// Why an upgrade is refused before the websocket starts: the HTTP status, its phrase and a body.
+pub type Refusal = (u16, &'static str, &'static str);
+
+/// The admission checks every websocket upgrade passes, whichever path it came by: not shutting down, within the
+/// connection limits; then the token is read into the session's access rights.
+pub fn admit_upgrade(app: &AppState, peer: SocketAddr, token: Option<&str>) -> Result<(Access, ConnectionSlot), Refusal> {
+    if app.shutdown.is_cancelled() {
+        return Err((503, "Service Unavailable", "shutting down"));
+    }
+    let slot = match app.connections.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refused::Total) => return Err((503, "Service Unavailable", "too many connections")),
+        Err(Refused::PerIp) => return Err((429, "Too Many Requests", "too many connections from this address")),
+    };
+    Ok((app.auth.access(peer.ip(), token), slot))
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-async fn take_upgrades(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// Websocket upgrades that reach the HTTP server (TLS, in-memory and keep-alive connections) become sessions over
+/// the upgraded connection; plain TCP connections are upgraded before HTTP (see [`crate::listener`]).
+async fn take_upgrades(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     if !is_websocket_upgrade(req.headers()) {
         return next.run(req).await;
     }
-    let (mut parts, _body) = req.into_parts();
-    let peer = parts
-        .extensions
+    let peer = req
+        .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
-        Ok(u) => u,
-        Err(rejection) => return rejection.into_response(),
+    let headers = req.headers();
+    let checked = handshake::check(
+        req.method() == Method::GET,
+        req.version() == Version::HTTP_11,
+        |name| headers.get(name).map(|v| v.as_bytes()),
+        req.uri().query(),
+    );
+    let upgrade = match checked {
+        Ok(Some(upgrade)) => upgrade,
+        Ok(None) => return next.run(req).await,
+        Err(refusal) => return refusal_response(refusal),
     };
-    if app.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    let slot = match app.connections.acquire(peer.ip()) {
-        Ok(slot) => slot,
-        Err(Refused::Total) => return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response(),
-        Err(Refused::PerIp) => {
-            return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response()
+    let (access, slot) = match admit_upgrade(&app, peer, upgrade.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err((status, _, body)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (status, format!("{body}\n")).into_response();
         }
     };
-    let access = app.auth.access(peer.ip(), token(&parts).as_deref());
-    let c = &app.config;
-    upgrade
-        .read_buffer_size(c.read_buffer_size)
-        .write_buffer_size(64 * 1024)
-        .max_message_size(c.max_message_size)
-        .max_frame_size(c.max_message_size)
-        .on_upgrade(move |ws| {
-            let sessions = app.sessions.clone();
-            sessions.track_future(session::run(ws, peer, app, access, slot))
-        })
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let sessions = app.sessions.clone();
+    sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => session::run_stream(TokioIo::new(upgraded), peer, app, access, slot).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&upgrade.accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+fn refusal_response(refusal: handshake::Refusal) -> Response {
+    let (status, body) = match refusal {
+        handshake::Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+        handshake::Refusal::Version => (StatusCode::UPGRADE_REQUIRED, "use version 13"),
+        handshake::Refusal::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"),
+    };
+    let mut response = (status, format!("{body}\n")).into_response();
+    if refusal == handshake::Refusal::Version {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+    response
 }

@@ -2,8 +2,10 @@
 //!
 //! - [`config`]: the one typed configuration.
 //! - [`hub`]: rooms, calls and routing behind the [`hub::Hub`] trait; [`hub::MemoryHub`] is the single-node backend.
+//! - [`ws`]: the websocket protocol, sans-IO (handshake and framing).
 //! - [`session`] and [`outbox`]: one websocket session, with its bounded outbound queue.
-//! - [`http`]: the listener's HTTP side (upgrade on any path, `/livez`, `/readyz`, `/metrics`).
+//! - [`listener`]: the plain-TCP listener (upgrade on any path, before HTTP).
+//! - [`http`]: the HTTP side (`/livez`, `/readyz`, `/metrics`, upgrades over TLS or keep-alive connections).
 //! - [`admin`]: the admin API (rooms, kick, ZLMediaKit's listWebrtcRooms, runtime log level).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: HS256 token auth; [`limits`]: connection limits and message budgets.
@@ -19,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+pub mod listener;
 pub mod memnet;
 pub mod metrics;
 pub mod outbox;
@@ -27,6 +30,7 @@ pub mod session;
 pub mod tls;
 pub mod turn;
 pub mod web;
+pub mod ws;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

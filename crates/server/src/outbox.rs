@@ -1,25 +1,30 @@
-//! The bounded outbound queue of one session, and the switch that ends the session.
+//! The outbound side of one session: a bounded queue of encoded frames, and the switch that ends the session.
+//!
+//! Frames are written *through* when possible: on a plain TCP session, whoever queued a frame writes it to the socket
+//! at the end of its batch (see [`batch`]), without waking the recipient's task. A reader that just handled a read
+//! full of messages thus sends each recipient everything it has for it in one `writev`, and a relay costs no task
+//! switch. Only when the socket is full does the recipient's own task take over, waiting for it to drain.
 //!
 //! Invariants:
 //! - Nothing is ever queued without bound: a full queue means the consumer cannot keep up, and the session is killed
 //!   (cause [`Cause::SlowConsumer`]) instead of buffering more.
-//! - Sending never blocks, so the hub may send while it holds its lock.
-//! - The first recorded cause wins; later kills only confirm it.
+//! - Queuing never blocks and never writes, so the hub may queue while it holds its lock; writes happen when the
+//!   batch ends, outside any hub lock.
+//! - Bytes reach the socket in queue order, written under the queue's lock by one writer at a time.
+//! - The first recorded cause wins; later kills only confirm it. After the close frame is queued, nothing else is.
 
-use std::sync::{Arc, OnceLock};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use bytes::{Buf, Bytes};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-/// What a session's writer task sends.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A text frame: a relayed message (its original bytes) or one the server built.
-    Text(Utf8Bytes),
-    /// A keepalive ping.
-    Ping,
-}
+use crate::metrics::Metrics;
+use crate::ws::Frame;
 
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,75 +63,299 @@ impl Cause {
     }
 }
 
-/// The shared kill switch of one session.
-#[derive(Debug, Default)]
-pub struct Kill {
-    token: CancellationToken,
-    cause: OnceLock<Cause>,
+/// Frames gathered into one `writev`.
+const MAX_SLICES: usize = 64;
+
+/// A handle to queue frames for one session. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the session's task: a kill, or frames it must write itself.
+    wake: Notify,
+    /// The socket, when any task may write to it (plain TCP); otherwise the session's own writer does.
+    direct: Option<Arc<TcpStream>>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
 }
 
-impl Kill {
-    /// Resolves once the session has been killed.
-    pub async fn killed(&self) -> Cause {
-        self.token.cancelled().await;
-        self.cause.get().copied().unwrap_or(Cause::Closed)
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    /// The socket refused bytes: until it drains, only the session's task writes.
+    blocked: bool,
+    /// Already listed in this thread's batch.
+    batched: bool,
+    /// The front frame is partly written: it must be finished before anything else goes out.
+    partial: bool,
+    /// The close frame is queued: nothing else will be.
+    closing: bool,
+    cause: Option<Cause>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("direct", &self.0.direct.is_some()).finish_non_exhaustive()
     }
 }
 
-/// A handle to queue frames for one session. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-    kill: Arc<Kill>,
+thread_local! {
+    /// Whether this thread is inside [`batch`], and the outboxes that batch queued to.
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
+    static BATCH: RefCell<Vec<Outbox>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f`, deferring the writes of every frame it queues until it returns; then each touched outbox is flushed
+/// once. Nested calls join the outer batch.
+pub fn batch<R>(f: impl FnOnce() -> R) -> R {
+    if BATCHING.get() {
+        return f();
+    }
+    BATCHING.set(true);
+    let result = f();
+    BATCHING.set(false);
+    let touched = BATCH.with_borrow_mut(std::mem::take);
+    for outbox in &touched {
+        outbox.flush();
+    }
+    let mut touched = touched;
+    touched.clear();
+    BATCH.with_borrow_mut(|b| {
+        if b.capacity() < touched.capacity() {
+            *b = touched;
+        }
+    });
+    result
 }
 
 impl Outbox {
-    /// A queue of `capacity` frames; the receiver belongs to the session's writer.
-    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Outgoing>, Arc<Kill>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let kill = Arc::new(Kill::default());
-        (Outbox { tx, kill: kill.clone() }, rx, kill)
+    /// A queue of at most `capacity` frames. With `direct`, frames are written to that socket by whoever flushes;
+    /// without, the session's writer takes them with [`Outbox::take`].
+    pub fn new(capacity: usize, direct: Option<Arc<TcpStream>>, metrics: Arc<Metrics>) -> Outbox {
+        Outbox(Arc::new(Shared { state: Mutex::default(), wake: Notify::new(), direct, capacity, metrics }))
     }
 
-    /// Queues a text frame. A full queue kills the session as a slow consumer; a closed one drops the frame.
-    pub fn send(&self, text: Utf8Bytes) {
-        self.push(Outgoing::Text(text));
+    /// Queues a frame. A full queue kills the session as a slow consumer; a closing one drops the frame.
+    pub fn send(&self, frame: Frame) {
+        let mut st = self.0.state.lock();
+        if st.closing || st.cause.is_some() {
+            return;
+        }
+        if st.queue.len() >= self.0.capacity {
+            st.cause = Some(Cause::SlowConsumer);
+            drop(st);
+            self.0.wake.notify_one();
+            return;
+        }
+        st.queue.push_back(frame.as_bytes().clone());
+        self.schedule(st);
     }
 
-    /// Queues a keepalive ping, under the same rules as [`Outbox::send`].
-    pub fn ping(&self) {
-        self.push(Outgoing::Ping);
+    /// Queues the close frame, after what is queued (`drain`) or instead of it; nothing is queued after it.
+    pub fn close(&self, frame: Frame, drain: bool) {
+        let mut st = self.0.state.lock();
+        if st.closing {
+            return;
+        }
+        if !drain {
+            let unfinished = st.queue.pop_front().filter(|_| st.partial);
+            st.queue.clear();
+            st.queue.extend(unfinished);
+        }
+        st.closing = true;
+        st.queue.push_back(frame.as_bytes().clone());
+        self.schedule(st);
     }
 
-    fn push(&self, item: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
-            self.kill(Cause::SlowConsumer);
+    /// After a send: flush when the batch ends, or now wake the session's task to do it.
+    fn schedule(&self, mut st: parking_lot::MutexGuard<'_, State>) {
+        if BATCHING.get() {
+            if !st.batched {
+                st.batched = true;
+                drop(st);
+                BATCH.with_borrow_mut(|b| b.push(self.clone()));
+            }
+        } else {
+            drop(st);
+            self.0.wake.notify_one();
         }
     }
 
     /// Ends the session for `cause` (the first cause recorded wins).
     pub fn kill(&self, cause: Cause) {
-        let _ = self.kill.cause.set(cause);
-        self.kill.token.cancel();
+        self.0.state.lock().cause.get_or_insert(cause);
+        self.0.wake.notify_one();
     }
+
+    /// Why the session must end, once it must.
+    pub fn cause(&self) -> Option<Cause> {
+        self.0.state.lock().cause
+    }
+
+    /// Resolves when the session's task has something to do: a kill, or frames to write.
+    pub async fn woken(&self) {
+        self.0.wake.notified().await
+    }
+
+    /// Whether the socket refused bytes and the session's task must wait for it to drain.
+    pub fn blocked(&self) -> bool {
+        self.0.state.lock().blocked
+    }
+
+    /// Whether everything queued, the close frame included, has been written.
+    pub fn is_empty(&self) -> bool {
+        self.0.state.lock().queue.is_empty()
+    }
+
+    /// Writes what is queued, as far as the socket takes it without blocking. Without a direct socket, wakes the
+    /// session's writer instead. A socket error kills the session.
+    pub fn flush(&self) {
+        let Some(socket) = &self.0.direct else {
+            self.0.wake.notify_one();
+            return;
+        };
+        let mut st = self.0.state.lock();
+        st.batched = false;
+        if st.blocked {
+            return; // the session's task is waiting for the socket to drain
+        }
+        self.write_queued(&mut st, socket);
+    }
+
+    /// Called by the session's task once the socket is writable again.
+    pub fn flush_unblocked(&self) {
+        let Some(socket) = &self.0.direct else { return };
+        let mut st = self.0.state.lock();
+        st.blocked = false;
+        self.write_queued(&mut st, socket);
+    }
+
+    fn write_queued(&self, st: &mut State, socket: &TcpStream) {
+        while !st.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = st.queue.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
+            match socket.try_write_vectored(&slices[..n]) {
+                Ok(written) => {
+                    self.0.metrics.bytes_out.inc_by(written as u64);
+                    st.partial = advance(&mut st.queue, written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.blocked = true;
+                    self.0.wake.notify_one();
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    st.queue.clear();
+                    st.cause.get_or_insert(Cause::Closed);
+                    self.0.wake.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// For a session without a direct socket: moves every queued frame into `out`, for its writer to write.
+    /// True once the close frame has been queued (and so is in `out` or was taken before).
+    pub fn take(&self, out: &mut Vec<Bytes>) -> bool {
+        let mut st = self.0.state.lock();
+        st.batched = false;
+        out.extend(st.queue.drain(..));
+        st.closing
+    }
+
+    /// Counts bytes a session's own writer wrote.
+    pub fn wrote(&self, n: usize) {
+        self.0.metrics.bytes_out.inc_by(n as u64);
+    }
+}
+
+/// Drops `n` written bytes from the front of the queue; true when that leaves the front frame partly written.
+fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) -> bool {
+    while n > 0 {
+        let Some(front) = queue.front_mut() else { return false };
+        if n >= front.len() {
+            n -= front.len();
+            queue.pop_front();
+        } else {
+            front.advance(n);
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn outbox(capacity: usize) -> Outbox {
+        Outbox::new(capacity, None, Arc::new(Metrics::new()))
+    }
+
+    fn taken(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        o.take(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_full_queue_kills_the_session_as_slow_consumer() {
+        let o = outbox(2);
+        o.send(Frame::text("a"));
+        o.send(Frame::text("b"));
+        assert_eq!(o.cause(), None);
+        o.send(Frame::text("c"));
+        assert_eq!(o.cause(), Some(Cause::SlowConsumer));
+        o.kill(Cause::Timeout);
+        assert_eq!(o.cause(), Some(Cause::SlowConsumer), "first cause wins");
+        let frames = taken(&o);
+        assert_eq!(frames, [Frame::text("a").as_bytes().clone(), Frame::text("b").as_bytes().clone()]);
+    }
+
+    #[test]
+    fn nothing_is_queued_after_the_close_frame() {
+        let o = outbox(8);
+        o.send(Frame::text("a"));
+        o.close(Frame::close(1000, ""), true);
+        o.send(Frame::text("late"));
+        assert_eq!(taken(&o), [Frame::text("a").as_bytes().clone(), Frame::close(1000, "").as_bytes().clone()]);
+        let o = outbox(8);
+        o.send(Frame::text("a"));
+        o.close(Frame::close(1008, "slow"), false);
+        assert_eq!(taken(&o), [Frame::close(1008, "slow").as_bytes().clone()], "not drained: the queue is dropped");
+    }
+
+    #[test]
+    fn advancing_splits_frames() {
+        let mut q: VecDeque<Bytes> = [Bytes::from_static(b"abc"), Bytes::from_static(b"de")].into();
+        assert!(advance(&mut q, 4));
+        assert_eq!(q, [Bytes::from_static(b"e")]);
+        assert!(!advance(&mut q, 1));
+        assert!(q.is_empty());
+    }
+
     #[tokio::test]
-    async fn a_full_queue_kills_the_session_as_slow_consumer() {
-        let (outbox, mut rx, kill) = Outbox::new(2);
-        outbox.send("a".into());
-        outbox.send("b".into());
-        assert!(!kill.token.is_cancelled());
-        outbox.send("c".into());
-        assert_eq!(kill.killed().await, Cause::SlowConsumer);
-        outbox.kill(Cause::Timeout);
-        assert_eq!(kill.killed().await, Cause::SlowConsumer, "first cause wins");
-        assert!(matches!(rx.recv().await, Some(Outgoing::Text(t)) if t.as_str() == "a"));
-        assert!(matches!(rx.recv().await, Some(Outgoing::Text(t)) if t.as_str() == "b"));
-        assert!(rx.try_recv().is_err(), "the overflowing frame was not queued");
+    async fn a_batch_writes_each_socket_once_in_queue_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let o = Outbox::new(8, Some(Arc::new(server)), Arc::new(Metrics::new()));
+        batch(|| {
+            o.send(Frame::text("one"));
+            o.send(Frame::text("two"));
+            assert!(!o.is_empty(), "nothing is written inside the batch");
+        });
+        assert!(o.is_empty(), "the batch's end wrote both");
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            client.readable().await.unwrap();
+            let mut buf = [0; 64];
+            if let Ok(n) = client.try_read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(got, b"\x81\x03one\x81\x03two");
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::future::Future;
 
 use axum::serve::{Listener, ListenerExt};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -205,13 +206,7 @@ impl Server {
             sessions_stop.cancel();
         };
         match listener {
-            Listening::Tcp(l) => {
-                let l = l.tap_io(|tcp| {
-                    // Signaling is small request/response messages: never wait for Nagle.
-                    let _ = tcp.set_nodelay(true);
-                });
-                serve(l, &state, stop_accepting).await?
-            }
+            Listening::Tcp(l) => crate::listener::serve(l, state.clone(), router(state.clone()), stop_accepting).await,
             Listening::Memory(l) => serve(l, &state, stop_accepting).await?,
         }
         if let Some(t) = tls_task {

@@ -1,7 +1,7 @@
 //! The single-node hub: all state behind one mutex.
 //!
 //! One lock keeps every operation atomic and the code obvious. It is never held across an `.await`, and everything
-//! done under it is bounded and non-blocking (map operations and `try_send`), so contention stays short.
+//! done under it is bounded and non-blocking (map operations and queuing into outboxes), so contention stays short.
 //!
 //! A call is keyed by (callee room, guest id). The room owns the call entry; the caller's session keeps the key in its
 //! `tours` so a detaching caller can end its calls without scanning every room. Both sides are updated together,
@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use rand::distr::{Alphanumeric, SampleString};
 use switchboard_proto::reply::{RegisterAccept, ServerBye, UnregisterAccept, BYE_CALL_TIMEOUT, BYE_PEER_UNREGISTER};
@@ -23,6 +22,7 @@ use super::{GuestInfo, Hub, RoomInfo, SessionId, TourInfo};
 use crate::ice::IceServers;
 use crate::metrics::Metrics;
 use crate::outbox::{Cause, Outbox};
+use crate::ws::Frame;
 
 /// An in-memory [`Hub`] for one node.
 pub struct MemoryHub {
@@ -89,7 +89,7 @@ struct Pending {
     /// Identifies this call for its timer.
     serial: u64,
     /// The call request as received, re-read for the echo of a `call_timeout` reject.
-    offer: Utf8Bytes,
+    offer: Frame,
     /// The timer that ends the call when it is not answered in time.
     timer: AbortHandle,
     /// When the call was forwarded to the callee, for the setup-time histogram.
@@ -129,10 +129,16 @@ impl Hub for MemoryHub {
         &self,
         sid: SessionId,
         msg: &'m Message<'_>,
-        raw: &Utf8Bytes,
+        raw: &str,
         takeover: bool,
     ) -> Result<(), Reject<'m>> {
         let inner = &self.inner;
+        // Relayed messages go out as the frame received; encoding it before taking the lock keeps the copy out of it.
+        let relayed = match msg.body {
+            Body::Register { .. } | Body::Unregister { .. } => None,
+            _ => Some(Frame::text(raw)),
+        };
+        let frame = || relayed.clone().unwrap_or_else(|| Frame::text(raw));
         let mut st = inner.state.lock();
         let own_room = match st.sessions.get(&sid) {
             Some(s) => s.room.clone(),
@@ -190,7 +196,7 @@ impl Hub for MemoryHub {
                     guest_key.clone(),
                     serial,
                 );
-                let pending = Pending { serial, offer: raw.clone(), timer, forwarded_at: Instant::now() };
+                let pending = Pending { serial, offer: frame(), timer, forwarded_at: Instant::now() };
                 st.metrics.calls_pending.inc();
                 if let Some(room) = st.rooms.get_mut(&room_key) {
                     room.guests.insert(guest_key.clone(), Guest { caller: sid, pending: Some(pending) });
@@ -198,7 +204,7 @@ impl Hub for MemoryHub {
                 if let Some(s) = st.sessions.get_mut(&sid) {
                     s.tours.insert((room_key, guest_key));
                 }
-                st.send(owner, raw.clone());
+                st.send(owner, frame());
                 st.metrics.relayed("call");
                 Ok(())
             }
@@ -227,7 +233,7 @@ impl Hub for MemoryHub {
                 } else {
                     st.end_call(room_id, guest_id);
                 }
-                st.send(caller, raw.clone());
+                st.send(caller, frame());
                 st.metrics.relayed("call");
                 Ok(())
             }
@@ -258,7 +264,7 @@ impl Hub for MemoryHub {
                 if matches!(msg.body, Body::Bye { .. }) {
                     st.end_call(room_id, guest_id);
                 }
-                st.send(target, raw.clone());
+                st.send(target, frame());
                 st.metrics.relayed(msg.body.method());
                 Ok(())
             }
@@ -435,7 +441,7 @@ impl State {
         self.send(to, ServerBye::new(&tid, guest_id, room_id, reason).to_json().into());
     }
 
-    fn send(&self, to: SessionId, frame: Utf8Bytes) {
+    fn send(&self, to: SessionId, frame: Frame) {
         if let Some(s) = self.sessions.get(&to) {
             s.outbox.send(frame);
         }
@@ -455,7 +461,7 @@ impl State {
         let owner = self.rooms.get(room_id).map(|r| r.owner);
         let Some(guest) = self.end_call(room_id, guest_id) else { return };
         if let Some(pending) = guest.pending {
-            if let Ok(call) = Message::parse(pending.offer.as_str()) {
+            if let Ok(call) = Message::parse(pending.offer.text_payload().unwrap_or_default()) {
                 let reject = call.reject(RejectCode::CallTimeout, "call timeout").to_json();
                 self.send(guest.caller, reject.into());
             }

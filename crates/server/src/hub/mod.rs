@@ -12,7 +12,6 @@
 
 mod memory;
 
-use axum::extract::ws::Utf8Bytes;
 use switchboard_proto::{Message, Reject};
 
 pub use memory::{CallLimits, MemoryHub};
@@ -28,15 +27,15 @@ pub trait Hub: Send + Sync + 'static {
     /// A new session; replies and relayed messages for it go to `outbox`.
     fn attach(&self, outbox: Outbox) -> SessionId;
 
-    /// Handles one validated message from `session`. `raw` is the frame exactly as received, forwarded verbatim when
-    /// the message is relayed. A client mistake comes back as the reject to send to the sender. `takeover` (a register
+    /// Handles one validated message from `session`. `raw` is the message exactly as received, forwarded verbatim
+    /// when the message is relayed. A client mistake comes back as the reject to send to the sender. `takeover` (a register
     /// whose token grants the room) lets the register take the room from the session holding it: that session's
     /// counterparts get their byes and it is closed with 4409.
     fn dispatch<'m>(
         &self,
         session: SessionId,
         msg: &'m Message<'_>,
-        raw: &Utf8Bytes,
+        raw: &str,
         takeover: bool,
     ) -> Result<(), Reject<'m>>;
 

@@ -1,0 +1,221 @@
+//! The plain-TCP signaling listener. It reads each connection's request head itself: a websocket upgrade (on any
+//! path) becomes a session on the raw socket, with no HTTP server in between; anything else is handed, bytes
+//! untouched, to the HTTP server (hyper + the axum router).
+//!
+//! Why not let the HTTP server do the upgrade: hyper's upgrade keeps a task and buffers per connection until the
+//! upgrade completes, and hands back a generic stream that can only be read through a buffer of its own. Signaling
+//! connections are nearly all upgrades, and most of an idle room's memory and of a short session's CPU went there
+//! (see `BENCHMARKS.md`).
+//!
+//! Invariants:
+//! - Every connection runs in one task tracked by `AppState::sessions`, so shutdown waits for it.
+//! - A connection that does not complete its request head within [`HEAD_TIMEOUT`] is dropped; a head is at most
+//!   [`handshake::MAX_HEAD`] bytes.
+//! - Accept errors (a full file table, a connection reset before accept) never end the listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::http::{admit_upgrade, AppState};
+use crate::session;
+use crate::ws::handshake::{self, Head};
+
+/// How long a new connection may take to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused connection's remaining input is drained before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `stop` completes.
+pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                // Signaling is small request/response messages: never wait for Nagle.
+                let _ = tcp.set_nodelay(true);
+                let sessions = app.sessions.clone();
+                sessions.spawn(connection(tcp, peer, app.clone(), router.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                // Out of file descriptors or memory: give sessions time to end before trying again.
+                if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One accepted connection: its request head decides what it is.
+async fn connection(mut tcp: TcpStream, peer: SocketAddr, app: AppState, router: Router) {
+    let mut head = Vec::new();
+    let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&tcp, &mut head)).await;
+    let upgrade = match parsed {
+        Ok(Ok(Head::Upgrade(upgrade))) => upgrade,
+        Ok(Ok(Head::Http)) => return serve_http(tcp, head, peer, app, router).await,
+        Ok(Ok(Head::Partial)) | Err(_) => return, // EOF, error or too slow
+        Ok(Err(refusal)) => {
+            debug!(%peer, %refusal, "upgrade refused");
+            return refuse(tcp, &refusal.response()).await;
+        }
+    };
+    let (access, slot) = match admit_upgrade(&app, peer, upgrade.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err((status, phrase, body)) => return refuse(tcp, &handshake::response(status, phrase, &[], body)).await,
+    };
+    if tcp.write_all(&handshake::accept_response(&upgrade.accept)).await.is_err() {
+        return;
+    }
+    let early = head.split_off(upgrade.len);
+    drop(head);
+    session::run_tcp(tcp, early, peer, app, access, slot).await;
+}
+
+/// Sends an error response and closes. The client may still be sending (a head too large, say): closing with unread
+/// bytes would reset the connection and destroy the response, so the rest is read and dropped for a moment first.
+async fn refuse(mut tcp: TcpStream, response: &[u8]) {
+    if tcp.write_all(response).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+}
+
+/// Reads until `head` holds a whole request head (or more).
+async fn read_head(tcp: &TcpStream, head: &mut Vec<u8>) -> Result<Head, handshake::Refusal> {
+    loop {
+        if tcp.readable().await.is_err() {
+            return Ok(Head::Partial);
+        }
+        head.reserve(1024);
+        match tcp.try_read_buf(head) {
+            Ok(0) => return Ok(Head::Partial),
+            Ok(_) => match handshake::parse(head)? {
+                Head::Partial => {}
+                done => return Ok(done),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Ok(Head::Partial),
+        }
+    }
+}
+
+/// Hands a plain HTTP connection to the HTTP server, replaying the bytes already read.
+async fn serve_http(tcp: TcpStream, head: Vec<u8>, peer: SocketAddr, app: AppState, router: Router) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {})) }
+    });
+    let io = TokioIo::new(Replay { head, at: 0, io: tcp });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = app.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "http connection failed");
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Replay<S> {
+    head: Vec<u8>,
+    at: usize,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.head.len() {
+                this.head = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replay_yields_the_head_then_the_stream() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = Replay { head: b"hello".to_vec(), at: 0, io: b };
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+}
