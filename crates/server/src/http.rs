@@ -73,7 +73,11 @@ pub type Refusal = (u16, &'static str, &'static str);
 
 /// The admission checks every websocket upgrade passes, whichever path it came by: not shutting down, within the
 /// connection limits; then the token is read into the session's access rights.
-pub fn admit_upgrade(app: &AppState, peer: SocketAddr, token: Option<&str>) -> Result<(Access, ConnectionSlot), Refusal> {
+pub fn admit_upgrade(
+    app: &AppState,
+    peer: SocketAddr,
+    token: Option<&str>,
+) -> Result<(Access, ConnectionSlot), Refusal> {
     if app.shutdown.is_cancelled() {
         return Err((503, "Service Unavailable", "shutting down"));
     }

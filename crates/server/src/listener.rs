@@ -30,7 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::auth::Access;
 use crate::http::{admit_upgrade, AppState};
+use crate::limits::ConnectionSlot;
 use crate::session;
 use crate::ws::handshake::{self, Head};
 
@@ -39,6 +41,10 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a refused connection's remaining input is drained before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The largest a session's task may be: every idle room holds one (checked in debug builds, whose futures are
+/// larger than release ones).
+const MAX_SESSION_TASK: usize = 2048;
 
 /// Accepts connections until `stop` completes.
 pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: impl Future<Output = ()>) {
@@ -69,29 +75,48 @@ pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: i
     }
 }
 
-/// One accepted connection: its request head decides what it is.
-async fn connection(mut tcp: TcpStream, peer: SocketAddr, app: AppState, router: Router) {
+/// One accepted connection: its request head decides what it is. A websocket session then runs as a task of its
+/// own, so that the state of this handshake is not part of the task every idle room keeps.
+async fn connection(tcp: TcpStream, peer: SocketAddr, app: AppState, router: Router) {
+    let Some((tcp, early, access, slot)) = handshake(tcp, peer, &app, router).await else { return };
+    let session = session::run_tcp(tcp, early, peer, app.clone(), access, slot);
+    debug_assert!(std::mem::size_of_val(&session) <= MAX_SESSION_TASK, "{}", std::mem::size_of_val(&session));
+    app.sessions.spawn(session);
+}
+
+/// Reads the request head and answers it. Returns the upgraded connection (with any bytes that followed the head)
+/// and its admission, or `None` when the connection was something else and has been served or refused.
+async fn handshake(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    app: &AppState,
+    router: Router,
+) -> Option<(TcpStream, Vec<u8>, Access, ConnectionSlot)> {
     let mut head = Vec::new();
     let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&tcp, &mut head)).await;
     let upgrade = match parsed {
         Ok(Ok(Head::Upgrade(upgrade))) => upgrade,
-        Ok(Ok(Head::Http)) => return serve_http(tcp, head, peer, app, router).await,
-        Ok(Ok(Head::Partial)) | Err(_) => return, // EOF, error or too slow
+        Ok(Ok(Head::Http)) => {
+            serve_http(tcp, head, peer, app.clone(), router).await;
+            return None;
+        }
+        Ok(Ok(Head::Partial)) | Err(_) => return None, // EOF, error or too slow
         Ok(Err(refusal)) => {
             debug!(%peer, %refusal, "upgrade refused");
-            return refuse(tcp, &refusal.response()).await;
+            refuse(tcp, &refusal.response()).await;
+            return None;
         }
     };
-    let (access, slot) = match admit_upgrade(&app, peer, upgrade.token.as_deref()) {
+    let (access, slot) = match admit_upgrade(app, peer, upgrade.token.as_deref()) {
         Ok(admitted) => admitted,
-        Err((status, phrase, body)) => return refuse(tcp, &handshake::response(status, phrase, &[], body)).await,
+        Err((status, phrase, body)) => {
+            refuse(tcp, &handshake::response(status, phrase, &[], body)).await;
+            return None;
+        }
     };
-    if tcp.write_all(&handshake::accept_response(&upgrade.accept)).await.is_err() {
-        return;
-    }
+    tcp.write_all(&handshake::accept_response(&upgrade.accept)).await.ok()?;
     let early = head.split_off(upgrade.len);
-    drop(head);
-    session::run_tcp(tcp, early, peer, app, access, slot).await;
+    Some((tcp, early, access, slot))
 }
 
 /// Sends an error response and closes. The client may still be sending (a head too large, say): closing with unread
@@ -101,7 +126,7 @@ async fn refuse(mut tcp: TcpStream, response: &[u8]) {
         return;
     }
     let drain = async {
-        let mut sink = [0; 4096];
+        let mut sink = vec![0; 4096];
         let mut left: usize = 256 * 1024;
         while left > 0 {
             match tcp.read(&mut sink).await {
@@ -137,7 +162,9 @@ async fn serve_http(tcp: TcpStream, head: Vec<u8>, peer: SocketAddr, app: AppSta
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            Ok::<_, Infallible>(router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {}))
+        }
     });
     let io = TokioIo::new(Replay { head, at: 0, io: tcp });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();

@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -125,13 +125,7 @@ impl Hub for MemoryHub {
         id
     }
 
-    fn dispatch<'m>(
-        &self,
-        sid: SessionId,
-        msg: &'m Message<'_>,
-        raw: &str,
-        takeover: bool,
-    ) -> Result<(), Reject<'m>> {
+    fn dispatch<'m>(&self, sid: SessionId, msg: &'m Message<'_>, raw: &str, takeover: bool) -> Result<(), Reject<'m>> {
         let inner = &self.inner;
         // Relayed messages go out as the frame received; encoding it before taking the lock keeps the copy out of it.
         let relayed = match msg.body {

@@ -146,7 +146,12 @@ impl Core {
                 self.app.metrics.bytes_in.inc_by(text.len() as u64);
                 let within_budget = self.budget.take(self.last_rx);
                 if !within_budget && self.budget.refused_in_a_row >= self.app.limits.message_burst {
-                    return Err(End { cause: Cause::RateLimited, code: close::POLICY, reason: "rate limited", peer_done: false });
+                    return Err(End {
+                        cause: Cause::RateLimited,
+                        code: close::POLICY,
+                        reason: "rate limited",
+                        peer_done: false,
+                    });
                 }
                 self.handle_text(text, within_budget);
             }
@@ -154,7 +159,12 @@ impl Core {
             Event::Pong => {}
             // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
             Event::Close(code) => {
-                return Err(End { cause: Cause::Closed, code: code.unwrap_or(close::NORMAL), reason: "", peer_done: true })
+                return Err(End {
+                    cause: Cause::Closed,
+                    code: code.unwrap_or(close::NORMAL),
+                    reason: "",
+                    peer_done: true,
+                })
             }
         }
         Ok(())
@@ -201,8 +211,9 @@ impl Core {
                 reject.to_json()
             }
             Ok(msg) => {
-                let routed =
-                    self.admit(&msg, within_budget).and_then(|takeover| self.app.hub.dispatch(self.id, &msg, text, takeover));
+                let routed = self
+                    .admit(&msg, within_budget)
+                    .and_then(|takeover| self.app.hub.dispatch(self.id, &msg, text, takeover));
                 match routed {
                     Ok(()) => {
                         note_in_span(&msg.body);

@@ -8,6 +8,7 @@
 //! - The task waits for the socket to become writable only when a write was refused (`Outbox::blocked`).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,19 +38,30 @@ thread_local! {
 }
 
 /// Serves one websocket over `stream`, whose handshake is done; `early` holds bytes the client sent after it.
-pub async fn run_tcp(stream: TcpStream, early: Vec<u8>, peer: SocketAddr, app: AppState, access: Access, slot: ConnectionSlot) {
+///
+/// The session is set up before the returned future is built, so that future captures only what the session keeps:
+/// an async fn would also keep room for its arguments, which every idle session would pay for.
+pub fn run_tcp(
+    stream: TcpStream,
+    early: Vec<u8>,
+    peer: SocketAddr,
+    app: AppState,
+    access: Access,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
+    let span = span(peer);
+    let stream = Arc::new(stream);
+    let outbox = Outbox::new(app.config.outbound_queue, Some(stream.clone()), app.metrics.clone());
+    let mut decoder = Decoder::new(app.config.max_message_size);
+    let mut core = span.in_scope(|| Core::open(app, access, outbox, slot));
+    let mut partial = early;
     async move {
-        let stream = Arc::new(stream);
-        let outbox = Outbox::new(app.config.outbound_queue, Some(stream.clone()), app.metrics.clone());
-        let shutdown = app.shutdown.clone();
-        let mut decoder = Decoder::new(app.config.max_message_size);
-        let mut core = Core::open(app, access, outbox.clone(), slot);
-        let mut partial = early;
         let end = match outbox::batch(|| take(&mut core, &mut decoder, &mut partial, &mut [])) {
             Err(end) => end,
-            Ok(()) => serve(&stream, &mut core, &mut decoder, &mut partial, &shutdown).await,
+            Ok(()) => serve(&stream, &mut core, &mut decoder, &mut partial).await,
         };
         core.close(&end);
+        let outbox = &core.outbox;
         let linger = async {
             while !outbox.is_empty() {
                 if outbox.blocked() {
@@ -65,23 +77,18 @@ pub async fn run_tcp(stream: TcpStream, early: Vec<u8>, peer: SocketAddr, app: A
                 await_close(&stream, &mut decoder, &mut partial).await;
             }
         };
-        if tokio::time::timeout(CLOSE_LINGER, linger).await.is_err() {
+        // Boxed: closing happens once, and its state must not grow the task every idle session keeps.
+        if Box::pin(tokio::time::timeout(CLOSE_LINGER, linger)).await.is_err() {
             debug!("peer did not complete the close handshake");
         }
     }
-    .instrument(span(peer))
-    .await
+    .instrument(span)
 }
 
-async fn serve(
-    stream: &TcpStream,
-    core: &mut Core,
-    decoder: &mut Decoder,
-    partial: &mut Vec<u8>,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> End {
+async fn serve(stream: &TcpStream, core: &mut Core, decoder: &mut Decoder, partial: &mut Vec<u8>) -> End {
     let outbox = core.outbox.clone();
     let keepalive = sleep_until(core.first_keepalive());
+    let shutdown = core.app.shutdown.clone();
     let shutdown = shutdown.cancelled();
     tokio::pin!(keepalive, shutdown);
     loop {
@@ -96,16 +103,16 @@ async fn serve(
                 // Frames queued outside any batch (timers, the admin API): write them now.
                 outbox.flush();
             }
-            ready = stream.writable(), if blocked => match ready {
-                Ok(()) => outbox.flush_unblocked(),
-                Err(_) => return End::gone(),
-            },
-            ready = stream.readable() => {
-                if ready.is_err() {
-                    return End::gone();
+            // One readiness future for both directions: it is most of what an idle session's task holds.
+            ready = stream.ready(if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE }) => {
+                let Ok(ready) = ready else { return End::gone() };
+                if ready.is_writable() {
+                    outbox.flush_unblocked();
                 }
-                if let Err(end) = outbox::batch(|| read_ready(stream, core, decoder, partial)) {
-                    return end;
+                if ready.is_readable() || ready.is_read_closed() {
+                    if let Err(end) = outbox::batch(|| read_ready(stream, core, decoder, partial)) {
+                        return end;
+                    }
                 }
             }
             () = &mut keepalive => match core.on_keepalive() {

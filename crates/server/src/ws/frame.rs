@@ -125,7 +125,9 @@ impl Decoder {
         unmask(payload, head.mask);
         let payload = &*payload;
         let event = match head.opcode {
-            OP_TEXT | OP_BINARY if self.in_message => return Err(Violation::Protocol("new message inside a fragmented one")),
+            OP_TEXT | OP_BINARY if self.in_message => {
+                return Err(Violation::Protocol("new message inside a fragmented one"))
+            }
             OP_BINARY => return Err(Violation::Binary),
             OP_TEXT if head.fin => Event::Text(std::str::from_utf8(payload).map_err(|_| Violation::Utf8)?),
             OP_TEXT => {
@@ -264,7 +266,7 @@ impl Frame {
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
-        Frame::encode(OP_CLOSE, &[&code.to_be_bytes(), reason[..cut].as_bytes()])
+        Frame::encode(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..cut]])
     }
 
     fn encode(opcode: u8, parts: &[&[u8]]) -> Frame {
@@ -410,14 +412,14 @@ mod tests {
         let cases: Vec<(Vec<u8>, u16)> = vec![
             (client(true, OP_BINARY, b"x", [0; 4]), 1003),
             (client(true, OP_TEXT, &[0xC3, 0x28], [5; 4]), 1007),
-            (vec![FIN | OP_TEXT, 1, b'a'], 1002),                       // unmasked
-            (client(true, OP_TEXT | 0x40, b"x", [0; 4]), 1002),         // RSV1 without an extension
-            (client(true, 0x3, b"x", [0; 4]), 1002),                    // reserved opcode
-            (client(false, OP_PING, b"x", [0; 4]), 1002),               // fragmented control frame
-            (client(true, OP_PING, &[0; 126], [0; 4]), 1002),           // control frame too long
-            (client(true, OP_CONTINUATION, b"x", [0; 4]), 1002),        // continuation out of the blue
-            (client(true, OP_CLOSE, &[3], [0; 4]), 1002),               // one-byte close payload
-            (client(true, OP_CLOSE, &[0x03, 0xEC], [0; 4]), 1002),      // 1004 is reserved
+            (vec![FIN | OP_TEXT, 1, b'a'], 1002),                        // unmasked
+            (client(true, OP_TEXT | 0x40, b"x", [0; 4]), 1002),          // RSV1 without an extension
+            (client(true, 0x3, b"x", [0; 4]), 1002),                     // reserved opcode
+            (client(false, OP_PING, b"x", [0; 4]), 1002),                // fragmented control frame
+            (client(true, OP_PING, &[0; 126], [0; 4]), 1002),            // control frame too long
+            (client(true, OP_CONTINUATION, b"x", [0; 4]), 1002),         // continuation out of the blue
+            (client(true, OP_CLOSE, &[3], [0; 4]), 1002),                // one-byte close payload
+            (client(true, OP_CLOSE, &[0x03, 0xEC], [0; 4]), 1002),       // 1004 is reserved
             (client(true, OP_CLOSE, &[0x03, 0xE8, 0xFF], [0; 4]), 1007), // reason not UTF-8
         ];
         for (mut frame, code) in cases {
