@@ -114,7 +114,7 @@ pub struct SignalingConfig {
     pub max_message_size: usize,
     /// Outbound messages queued per session before it counts as a slow consumer and is disconnected.
     pub outbound_queue: usize,
-    /// Bytes read from a socket at once; also the buffer an idle connection keeps.
+    /// Read buffer of TLS connections and of upgrades through the HTTP server (plain ws sessions keep none while idle).
     pub read_buffer_size: usize,
     /// A session silent this long is pinged.
     #[serde(with = "humantime_serde")]

@@ -107,26 +107,33 @@ thread_local! {
 }
 
 /// Runs `f`, deferring the writes of every frame it queues until it returns; then each touched outbox is flushed
-/// once. Nested calls join the outer batch.
+/// once. Nested calls join the outer batch. Even if `f` panics, the batch ends and its frames are flushed.
 pub fn batch<R>(f: impl FnOnce() -> R) -> R {
     if BATCHING.get() {
         return f();
     }
     BATCHING.set(true);
-    let result = f();
-    BATCHING.set(false);
-    let touched = BATCH.with_borrow_mut(std::mem::take);
-    for outbox in &touched {
-        outbox.flush();
-    }
-    let mut touched = touched;
-    touched.clear();
-    BATCH.with_borrow_mut(|b| {
-        if b.capacity() < touched.capacity() {
-            *b = touched;
+    let _end = EndBatch;
+    f()
+}
+
+/// Ends this thread's batch when dropped: stops deferring, then flushes every outbox the batch touched.
+struct EndBatch;
+
+impl Drop for EndBatch {
+    fn drop(&mut self) {
+        BATCHING.set(false);
+        let mut touched = BATCH.with_borrow_mut(std::mem::take);
+        for outbox in touched.drain(..) {
+            outbox.flush();
         }
-    });
-    result
+        // Keep the list's allocation for the next batch.
+        BATCH.with_borrow_mut(|b| {
+            if b.capacity() < touched.capacity() {
+                *b = touched;
+            }
+        });
+    }
 }
 
 impl Outbox {
@@ -348,14 +355,24 @@ mod tests {
             assert!(!o.is_empty(), "nothing is written inside the batch");
         });
         assert!(o.is_empty(), "the batch's end wrote both");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batch(|| {
+                o.send(Frame::text("three"));
+                panic!("a bug while handling a read");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(o.is_empty(), "a panicking batch still flushed");
+        batch(|| o.send(Frame::text("four")));
+        assert!(o.is_empty(), "and the next batch works");
         let mut got = Vec::new();
-        while got.len() < 10 {
+        while got.len() < 10 + 7 + 6 {
             client.readable().await.unwrap();
             let mut buf = [0; 64];
             if let Ok(n) = client.try_read(&mut buf) {
                 got.extend_from_slice(&buf[..n]);
             }
         }
-        assert_eq!(got, b"\x81\x03one\x81\x03two");
+        assert_eq!(got, b"\x81\x03one\x81\x03two\x81\x05three\x81\x04four");
     }
 }

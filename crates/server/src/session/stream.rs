@@ -70,7 +70,7 @@ where
                 }
             }
         };
-        core.close(&end);
+        outbox::batch(|| core.close(&end));
         writer_wake.notify_one();
         let linger = async {
             let _ = (&mut writer).await;

@@ -60,7 +60,8 @@ pub fn run_tcp(
             Err(end) => end,
             Ok(()) => serve(&stream, &mut core, &mut decoder, &mut partial).await,
         };
-        core.close(&end);
+        // The byes to this session's counterparts are written through, like any batch.
+        outbox::batch(|| core.close(&end));
         let outbox = &core.outbox;
         let linger = async {
             while !outbox.is_empty() {
