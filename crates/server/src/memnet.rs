@@ -1,6 +1,7 @@
 //! An in-process listener: connections are in-memory duplex pipes instead of TCP sockets.
 //!
-//! The server code above the byte stream (HTTP upgrade, websocket, sessions, hub) is exactly the same as over TCP.
+//! Above the byte stream it is the server's own code: HTTP upgrade through hyper, the websocket framing, the session
+//! core and the hub (plain TCP differs only in its driver, `session::tcp`).
 //! It exists for tests that run in paused (virtual) time: with real sockets, every wait on the kernel lets tokio's
 //! paused clock jump to the next timer, so timer tests cannot be exact. Pipes wake their reader directly, and the clock
 //! moves only when every task is really idle.

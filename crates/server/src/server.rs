@@ -206,7 +206,12 @@ impl Server {
             sessions_stop.cancel();
         };
         match listener {
-            Listening::Tcp(l) => crate::listener::serve(l, state.clone(), router(state.clone()), stop_accepting).await,
+            // On a runtime worker, not in whatever thread awaits `run` (often `block_on`'s): sessions spawned from
+            // there start on the same worker instead of costing a cross-thread wake-up per connection.
+            Listening::Tcp(l) => {
+                let accept = crate::listener::serve(l, state.clone(), router(state.clone()), stop_accepting);
+                tokio::spawn(accept).await.map_err(|e| ServerError::Serve(std::io::Error::other(e)))?
+            }
             Listening::Memory(l) => serve(l, &state, stop_accepting).await?,
         }
         if let Some(t) = tls_task {

@@ -50,6 +50,10 @@ async fn response_head(s: &mut TcpStream) -> String {
 
 /// Reads one server frame: (opcode, payload). Server frames are never masked.
 async fn frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    frame_within(s, WAIT).await
+}
+
+async fn frame_within(s: &mut TcpStream, limit: Duration) -> (u8, Vec<u8>) {
     let read = async {
         let b0 = s.read_u8().await.unwrap();
         let b1 = s.read_u8().await.unwrap();
@@ -64,7 +68,7 @@ async fn frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
         s.read_exact(&mut payload).await.unwrap();
         (b0 & 0x0f, payload)
     };
-    tokio::time::timeout(WAIT, read).await.expect("a frame")
+    tokio::time::timeout(limit, read).await.expect("a frame")
 }
 
 async fn json_frame(s: &mut TcpStream) -> Value {
@@ -220,4 +224,29 @@ async fn a_connection_that_never_finishes_its_head_is_dropped() {
     let waited = start.elapsed();
     assert!(waited >= switchboard_server::listener::HEAD_TIMEOUT, "dropped after {waited:?}");
     assert!(waited < Duration::from_secs(20), "dropped after {waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_session_is_pinged_then_closed_at_the_idle_timeout() {
+    // Over a real socket, in paused time: the clock jumps only when every task waits, and loopback writes are
+    // readable by the time they return, so the timings below are exact to the keepalive's own arithmetic.
+    let server = TestServer::start_with(|c| {
+        c.signaling.ping_after = Duration::from_secs(10);
+        c.signaling.idle_timeout = Duration::from_secs(25);
+    })
+    .await;
+    let mut s = upgraded(&server, &text(&register("quiet"))).await;
+    json_frame(&mut s).await;
+    let start = tokio::time::Instant::now();
+    // This client never answers pings, so nothing counts as activity.
+    let minute = Duration::from_secs(60);
+    assert_eq!(frame_within(&mut s, minute).await, (0x9, vec![]), "a ping");
+    assert_eq!(start.elapsed().as_secs(), 10);
+    assert_eq!(frame_within(&mut s, minute).await, (0x9, vec![]), "another ping, one interval later");
+    assert_eq!(start.elapsed().as_secs(), 20);
+    let (opcode, payload) = frame_within(&mut s, minute).await;
+    assert_eq!((opcode, &payload[..2]), (0x8, &1000u16.to_be_bytes()[..]), "a close");
+    assert_eq!(&payload[2..], b"idle timeout");
+    assert_eq!(start.elapsed().as_secs(), 25, "closed at the idle timeout");
+    let _again = server.registered("quiet").await;
 }
