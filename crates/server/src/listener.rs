@@ -140,13 +140,18 @@ async fn refuse(mut tcp: TcpStream, response: &[u8]) {
 
 /// Reads until `head` holds a whole request head (or more).
 async fn read_head(tcp: &TcpStream, head: &mut Vec<u8>) -> Result<Head, handshake::Refusal> {
+    const CHUNK: usize = 1024;
     loop {
         if tcp.readable().await.is_err() {
             return Ok(Head::Partial);
         }
-        head.reserve(1024);
-        match tcp.try_read_buf(head) {
-            Ok(0) => return Ok(Head::Partial),
+        let filled = head.len();
+        head.resize(filled + CHUNK, 0);
+        // A short read leaves the socket marked drained, so the session does not start with a wasted `read`.
+        let read = session::read_some(tcp, &mut head[filled..]);
+        head.truncate(filled + *read.as_ref().map_or(&0, |(n, _)| n));
+        match read {
+            Ok((0, _)) => return Ok(Head::Partial),
             Ok(_) => match handshake::parse(head)? {
                 Head::Partial => {}
                 done => return Ok(done),

@@ -31,6 +31,7 @@ use crate::outbox::{Cause, Outbox};
 use crate::ws::{Decoded, Decoder, Event, Frame, Violation};
 
 pub use stream::run_stream;
+pub(crate) use tcp::read_some;
 pub use tcp::run_tcp;
 
 /// Close codes (RFC 6455 §7.4.1).

@@ -168,7 +168,7 @@ fn take(core: &mut Core, decoder: &mut Decoder, partial: &mut Vec<u8>, fresh: &m
 }
 
 /// One `read`. A short read also clears the socket's readiness (it is drained), saving the `EAGAIN` read.
-fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+pub(crate) fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     let mut short = None;
     let result = stream.try_io(Interest::READABLE, || {
         let n = (&*SockRef::from(stream)).read(buf)?;
