@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
+use axum::http::{header, HeaderValue, Method, StatusCode, Version};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -89,16 +89,9 @@ pub fn admit_upgrade(
     Ok((app.auth.access(peer.ip(), token), slot))
 }
 
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
 /// Websocket upgrades that reach the HTTP server (TLS, in-memory and keep-alive connections) become sessions over
 /// the upgraded connection; plain TCP connections are upgraded before HTTP (see [`crate::listener`]).
 async fn take_upgrades(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    if !is_websocket_upgrade(req.headers()) {
-        return next.run(req).await;
-    }
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -204,8 +204,8 @@ async fn an_upgrade_after_a_plain_request_on_a_keep_alive_connection() {
     s.read_exact(&mut body).await.unwrap();
     assert_eq!(body, b"ok\n");
 
-    // The same connection now upgrades, through the HTTP server this time.
-    s.write_all(UPGRADE.as_bytes()).await.unwrap();
+    // The same connection now upgrades, through the HTTP server this time, which reads the same header lists.
+    s.write_all(UPGRADE.replace("Upgrade: websocket", "Upgrade: websocket, foo/1").as_bytes()).await.unwrap();
     let head = response_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
