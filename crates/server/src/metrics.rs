@@ -77,8 +77,12 @@ impl Metrics {
         registry.register("rooms", "Registered rooms", rooms.clone());
         registry.register("calls_pending", "Calls forwarded and not yet answered", calls_pending.clone());
         registry.register("calls_active", "Accepted calls not yet ended", calls_active.clone());
-        registry.register("received_bytes", "Text payload bytes received from clients", bytes_in.clone());
-        registry.register("sent_bytes", "Text payload bytes sent to clients", bytes_out.clone());
+        registry.register(
+            "received_bytes",
+            "Websocket bytes received from clients after the handshake",
+            bytes_in.clone(),
+        );
+        registry.register("sent_bytes", "Websocket bytes sent to clients after the handshake", bytes_out.clone());
         registry.register("relayed_messages", "Messages relayed, by method", relayed_family.clone());
         registry.register("rejects", "Rejects sent, by code", rejects_family.clone());
         registry.register("disconnects", "Sessions ended, by cause", disconnects_family.clone());

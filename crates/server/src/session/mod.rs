@@ -144,7 +144,6 @@ impl Core {
     fn on_event(&mut self, event: Event<'_>) -> Result<(), End> {
         match event {
             Event::Text(text) => {
-                self.app.metrics.bytes_in.inc_by(text.len() as u64);
                 let within_budget = self.budget.take(self.last_rx);
                 if !within_budget && self.budget.refused_in_a_row >= self.app.limits.message_burst {
                     return Err(End {

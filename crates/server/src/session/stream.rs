@@ -56,7 +56,10 @@ where
                     }
                     read = reader.read_buf(&mut buf) => match read {
                         Ok(0) | Err(_) => break End::gone(),
-                        Ok(_) => match outbox::batch(|| core.on_bytes(&mut decoder, &mut buf)) {
+                        Ok(n) => match outbox::batch(|| {
+                            core.app.metrics.bytes_in.inc_by(n as u64);
+                            core.on_bytes(&mut decoder, &mut buf)
+                        }) {
                             Ok(used) => {
                                 buf.drain(..used);
                             }

@@ -54,6 +54,7 @@ pub fn run_tcp(
     let outbox = Outbox::new(app.config.outbound_queue, Some(stream.clone()), app.metrics.clone());
     let mut decoder = Decoder::new(app.config.max_message_size);
     let mut core = span.in_scope(|| Core::open(app, access, outbox, slot));
+    core.app.metrics.bytes_in.inc_by(early.len() as u64);
     let mut partial = early;
     async move {
         let end = match outbox::batch(|| take(&mut core, &mut decoder, &mut partial, &mut [])) {
@@ -139,6 +140,7 @@ fn read_ready(stream: &TcpStream, core: &mut Core, decoder: &mut Decoder, partia
             if n == 0 {
                 return Err(End::gone());
             }
+            core.app.metrics.bytes_in.inc_by(n as u64);
             take(core, decoder, partial, &mut scratch[..n])?;
             if drained {
                 return Ok(());
