@@ -211,6 +211,39 @@ mod tests {
     }
 
     #[test]
+    fn never_panics_on_arbitrary_heads() {
+        let mut seed = 0x9E3779B9u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let pieces: [&[u8]; 8] = [
+            b"GET / HTTP/1.1\r\n",
+            b"Upgrade: websocket\r\n",
+            b"Connection: upgrade\r\n",
+            b"\r\n",
+            b"%",
+            b"\xff",
+            b":",
+            b"?token=%4",
+        ];
+        for _ in 0..20_000 {
+            let mut head = Vec::new();
+            for _ in 0..next() % 8 {
+                match next() % 3 {
+                    0 => head.push(next() as u8),
+                    _ => head.extend_from_slice(pieces[next() as usize % pieces.len()]),
+                }
+            }
+            if let Err(refusal) = parse(&head) {
+                assert!(refusal.response().starts_with(b"HTTP/1.1 4"));
+            }
+        }
+    }
+
+    #[test]
     fn tokens_from_query_or_bearer() {
         assert_eq!(token(Some("token=a%2eb%2Fc+d"), None).as_deref(), Some("a.b/c d"));
         assert_eq!(token(Some("token=50%"), None).as_deref(), Some("50%"));
