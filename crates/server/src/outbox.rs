@@ -218,12 +218,13 @@ impl Outbox {
     /// Writes what is queued, as far as the socket takes it without blocking. Without a direct socket, wakes the
     /// session's writer instead. A socket error kills the session.
     pub fn flush(&self) {
+        let mut st = self.0.state.lock();
+        st.batched = false;
         let Some(socket) = &self.0.direct else {
+            drop(st);
             self.0.wake.notify_one();
             return;
         };
-        let mut st = self.0.state.lock();
-        st.batched = false;
         if st.blocked {
             return; // the session's task is waiting for the socket to drain
         }
