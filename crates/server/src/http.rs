@@ -68,23 +68,20 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Why an upgrade is refused before the websocket starts: the HTTP status, its phrase and a body.
-pub type Refusal = (u16, &'static str, &'static str);
-
 /// The admission checks every websocket upgrade passes, whichever path it came by: not shutting down, within the
 /// connection limits; then the token is read into the session's access rights.
 pub fn admit_upgrade(
     app: &AppState,
     peer: SocketAddr,
     token: Option<&str>,
-) -> Result<(Access, ConnectionSlot), Refusal> {
+) -> Result<(Access, ConnectionSlot), handshake::Refusal> {
     if app.shutdown.is_cancelled() {
-        return Err((503, "Service Unavailable", "shutting down"));
+        return Err(handshake::Refusal::ShuttingDown);
     }
     let slot = match app.connections.acquire(peer.ip()) {
         Ok(slot) => slot,
-        Err(Refused::Total) => return Err((503, "Service Unavailable", "too many connections")),
-        Err(Refused::PerIp) => return Err((429, "Too Many Requests", "too many connections from this address")),
+        Err(Refused::Total) => return Err(handshake::Refusal::TooManyConnections),
+        Err(Refused::PerIp) => return Err(handshake::Refusal::TooManyFromAddress),
     };
     Ok((app.auth.access(peer.ip(), token), slot))
 }
@@ -111,10 +108,7 @@ async fn take_upgrades(State(app): State<AppState>, mut req: Request, next: Next
     };
     let (access, slot) = match admit_upgrade(&app, peer, upgrade.token.as_deref()) {
         Ok(admitted) => admitted,
-        Err((status, _, body)) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return (status, format!("{body}\n")).into_response();
-        }
+        Err(refusal) => return refusal_response(refusal),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let sessions = app.sessions.clone();
@@ -136,14 +130,10 @@ async fn take_upgrades(State(app): State<AppState>, mut req: Request, next: Next
 }
 
 fn refusal_response(refusal: handshake::Refusal) -> Response {
-    let (status, body) = match refusal {
-        handshake::Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
-        handshake::Refusal::Version => (StatusCode::UPGRADE_REQUIRED, "use version 13"),
-        handshake::Refusal::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"),
-    };
-    let mut response = (status, format!("{body}\n")).into_response();
-    if refusal == handshake::Refusal::Version {
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    let status = StatusCode::from_u16(refusal.status().0).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = (status, refusal.body()).into_response();
+    for (name, value) in refusal.headers() {
+        response.headers_mut().insert(*name, HeaderValue::from_static(value));
     }
     response
 }

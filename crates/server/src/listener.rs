@@ -109,8 +109,8 @@ async fn handshake(
     };
     let (access, slot) = match admit_upgrade(app, peer, upgrade.token.as_deref()) {
         Ok(admitted) => admitted,
-        Err((status, phrase, body)) => {
-            refuse(tcp, &handshake::response(status, phrase, &[], body)).await;
+        Err(refusal) => {
+            refuse(tcp, &refusal.response()).await;
             return None;
         }
     };

@@ -34,7 +34,8 @@ pub struct Upgrade {
     pub token: Option<String>,
 }
 
-/// An upgrade the server refuses, with the HTTP status to answer.
+/// An upgrade the server refuses, with the HTTP status to answer: a malformed request, or one the server cannot
+/// admit now (see `http::admit_upgrade`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("bad websocket upgrade: {0}")]
@@ -43,16 +44,54 @@ pub enum Refusal {
     Version,
     #[error("request head too large")]
     TooLarge,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
 }
 
 impl Refusal {
+    /// The status code and its reason phrase.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            Refusal::BadRequest(_) => (400, "Bad Request"),
+            Refusal::Version => (426, "Upgrade Required"),
+            Refusal::TooLarge => (431, "Request Header Fields Too Large"),
+            Refusal::ShuttingDown | Refusal::TooManyConnections => (503, "Service Unavailable"),
+            Refusal::TooManyFromAddress => (429, "Too Many Requests"),
+        }
+    }
+
+    /// Headers the response must carry besides the usual ones.
+    pub fn headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Refusal::Version => &[("Sec-WebSocket-Version", "13")],
+            _ => &[],
+        }
+    }
+
+    /// The plain-text body.
+    pub fn body(self) -> String {
+        match self {
+            Refusal::BadRequest(why) => format!("{why}\n"),
+            Refusal::Version => "use version 13\n".into(),
+            other => format!("{other}\n"),
+        }
+    }
+
     /// The complete HTTP response for this refusal.
     pub fn response(self) -> Vec<u8> {
-        match self {
-            Refusal::BadRequest(why) => response(400, "Bad Request", &[], why),
-            Refusal::Version => response(426, "Upgrade Required", &[("Sec-WebSocket-Version", "13")], "use version 13"),
-            Refusal::TooLarge => response(431, "Request Header Fields Too Large", &[], "request head too large"),
+        let (status, phrase) = self.status();
+        let mut out =
+            format!("HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n");
+        for (name, value) in self.headers() {
+            out.push_str(&format!("{name}: {value}\r\n"));
         }
+        let body = self.body();
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        out.into_bytes()
     }
 }
 
@@ -113,17 +152,6 @@ pub fn accept_response(accept: &str) -> Vec<u8> {
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     )
     .into_bytes()
-}
-
-/// A complete HTTP response that closes the connection.
-pub fn response(status: u16, phrase: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
-    let mut out =
-        format!("HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}\n", body.len() + 1));
-    out.into_bytes()
 }
 
 /// The signaling token: `?token=` (browsers cannot set websocket headers) or `Authorization: Bearer`.
@@ -212,13 +240,8 @@ mod tests {
 
     #[test]
     fn never_panics_on_arbitrary_heads() {
-        let mut seed = 0x9E3779B9u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9E3779B9);
         let pieces: [&[u8]; 8] = [
             b"GET / HTTP/1.1\r\n",
             b"Upgrade: websocket\r\n",
@@ -231,10 +254,10 @@ mod tests {
         ];
         for _ in 0..20_000 {
             let mut head = Vec::new();
-            for _ in 0..next() % 8 {
-                match next() % 3 {
-                    0 => head.push(next() as u8),
-                    _ => head.extend_from_slice(pieces[next() as usize % pieces.len()]),
+            for _ in 0..rng.random_range(0..8) {
+                match rng.random_range(0..3) {
+                    0 => head.push(rng.random()),
+                    _ => head.extend_from_slice(pieces[rng.random_range(0..pieces.len())]),
                 }
             }
             if let Err(refusal) = parse(&head) {
