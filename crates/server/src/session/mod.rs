@@ -131,7 +131,7 @@ impl Core {
                     off += used;
                     continue;
                 }
-                Ok(Decoded::Incomplete { .. }) => break,
+                Ok(Decoded::Incomplete) => break,
                 Err(v) => return Err(End::violation(v)),
             };
             off += used;
@@ -278,7 +278,7 @@ fn saw_close(decoder: &mut Decoder, buf: &mut Vec<u8>) -> bool {
         match decoder.decode(&mut buf[off..]) {
             Ok(Decoded::Event { event: Event::Close(_), .. }) | Err(_) => return true,
             Ok(Decoded::Event { used, .. } | Decoded::Fragment { used }) => off += used,
-            Ok(Decoded::Incomplete { .. }) => {
+            Ok(Decoded::Incomplete) => {
                 buf.drain(..off);
                 return false;
             }
