@@ -480,19 +480,13 @@ fn unsupported_transport_unknown_attributes_and_relay_failure() {
 
 #[test]
 fn garbage_never_panics() {
+    use rand::{Rng, SeedableRng};
     let mut w = World::new(|_| {});
     let mut c = w.client(1000, Transport::Udp, 600);
     let relay = w.allocate(&mut c);
-    let mut x: u32 = 12345;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12345);
     for len in 0..300usize {
-        let buf: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let buf: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         let _ = w.engine.handle_client(w.now, c.who, &buf);
         let mut b = buf.clone();
         b.extend_from_slice(&[0; CHANNEL_HEADROOM + 3]);
