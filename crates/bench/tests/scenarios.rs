@@ -107,3 +107,27 @@ async fn churn_detects_a_server_that_leaks_rooms() {
     assert!(sessions > 0.0);
     assert_eq!(r.get_f64("leaked_rooms"), Some(sessions), "{}", r.to_json());
 }
+
+#[tokio::test]
+async fn connections_to_loopback_spread_over_eight_source_addresses() {
+    // One source address offers ~28k ports towards one server port; the load tool uses 127.0.0.1–127.0.0.8.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/signaling", listener.local_addr().unwrap());
+    let accepting = tokio::spawn(async move {
+        let mut sources = Vec::new();
+        for _ in 0..16 {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            sources.push(peer.ip());
+            tokio::spawn(tokio_tungstenite::accept_async(tcp));
+        }
+        sources
+    });
+    let mut open = Vec::new();
+    for index in 0..16 {
+        open.push(switchboard_bench::conn::connect(&url, index).await.unwrap());
+    }
+    let sources = accepting.await.unwrap();
+    let distinct: HashSet<_> = sources.iter().collect();
+    let expected: HashSet<std::net::IpAddr> = (1..=8).map(|i| std::net::Ipv4Addr::new(127, 0, 0, i).into()).collect();
+    assert_eq!(distinct, expected.iter().collect());
+}
