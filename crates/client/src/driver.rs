@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use crate::{random_id, Candidate, ClientConfig, ClientError, Command, Event, IncomingCall};
+use crate::{random_id, CallRequest, Candidate, ClientConfig, ClientError, Command, Event, IncomingCall};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -186,13 +186,15 @@ impl Driver {
             ("request", "call") => {
                 let call = IncomingCall {
                     transaction_id: msg.transaction_id.clone(),
-                    guest_id: field(&msg.guest_id),
-                    room_id: field(&msg.room_id),
-                    call_type: field(&msg.call_type),
-                    vhost: field(&msg.vhost),
-                    app: field(&msg.app),
-                    stream: field(&msg.stream),
-                    sdp: field(&msg.sdp),
+                    request: CallRequest {
+                        guest_id: field(&msg.guest_id),
+                        room_id: field(&msg.room_id),
+                        call_type: field(&msg.call_type),
+                        vhost: field(&msg.vhost),
+                        app: field(&msg.app),
+                        stream: field(&msg.stream),
+                        sdp: field(&msg.sdp),
+                    },
                 };
                 let _ = self.events.send(Event::IncomingCall(call)).await;
             }

@@ -79,18 +79,11 @@ pub struct CallRequest {
     pub sdp: String,
 }
 
-/// A call that reached our room.
+/// A call that reached our room: the caller's request (its `sdp` is the offer) and the transaction to answer.
 #[derive(Clone, Debug)]
 pub struct IncomingCall {
     pub transaction_id: String,
-    pub guest_id: String,
-    pub room_id: String,
-    pub call_type: String,
-    pub vhost: String,
-    pub app: String,
-    pub stream: String,
-    /// The caller's SDP offer.
-    pub sdp: String,
+    pub request: CallRequest,
 }
 
 /// A trickled ICE candidate.
@@ -218,12 +211,13 @@ impl Client {
 
     fn answer_envelope(call: &IncomingCall, class: &str) -> Envelope {
         let mut msg = Envelope::new(class, "call", call.transaction_id.clone());
-        msg.guest_id = Some(call.guest_id.clone());
-        msg.room_id = Some(call.room_id.clone());
-        msg.call_type = Some(call.call_type.clone());
-        msg.vhost = Some(call.vhost.clone());
-        msg.app = Some(call.app.clone());
-        msg.stream = Some(call.stream.clone());
+        let r = &call.request;
+        msg.guest_id = Some(r.guest_id.clone());
+        msg.room_id = Some(r.room_id.clone());
+        msg.call_type = Some(r.call_type.clone());
+        msg.vhost = Some(r.vhost.clone());
+        msg.app = Some(r.app.clone());
+        msg.stream = Some(r.stream.clone());
         msg
     }
 

@@ -66,10 +66,10 @@ async fn register_call_answer_trickle_and_bye() {
     });
     let Event::IncomingCall(call) = next(&mut callee_events).await else { panic!("expected a call") };
     assert_eq!(
-        (call.guest_id.as_str(), call.room_id.as_str(), call.call_type.as_str()),
+        (call.request.guest_id.as_str(), call.request.room_id.as_str(), call.request.call_type.as_str()),
         (guest.as_str(), "camera", "play")
     );
-    assert_eq!(call.sdp, "v=0\r\noffer\r\n");
+    assert_eq!(call.request.sdp, "v=0\r\noffer\r\n");
     callee.accept(&call, "v=0\r\nanswer\r\n".into()).await.unwrap();
     assert_eq!(calling.await.unwrap().unwrap(), "v=0\r\nanswer\r\n");
 

@@ -73,7 +73,7 @@ pub(crate) fn file_stem(guest_id: &str) -> String {
 }
 
 pub(crate) async fn run(ctx: CallContext, call: IncomingCall, inputs: mpsc::Receiver<CallInput>) -> CallOutcome {
-    let span = tracing::info_span!("call", guest_id = %call.guest_id, call_type = %call.call_type);
+    let span = tracing::info_span!("call", guest_id = %call.request.guest_id, call_type = %call.request.call_type);
     async move {
         let (pc, events) = match endpoint::build(&ctx.endpoint).await {
             Ok(built) => built,
@@ -99,9 +99,9 @@ pub(crate) async fn run(ctx: CallContext, call: IncomingCall, inputs: mpsc::Rece
 }
 
 async fn answer(call: &IncomingCall, pc: &Arc<dyn PeerConnection>) -> Result<Answer, PeerError> {
-    let offer = RTCSessionDescription::offer(call.sdp.clone()).map_err(PeerError::webrtc)?;
+    let offer = RTCSessionDescription::offer(call.request.sdp.clone()).map_err(PeerError::webrtc)?;
     pc.set_remote_description(offer).await.map_err(PeerError::webrtc)?;
-    let video = if call.call_type == "play" {
+    let video = if call.request.call_type == "play" {
         let video = VideoTrack::new()?;
         let track: Arc<dyn TrackLocal> = video.track.clone();
         let sender = pc.add_track(track).await.map_err(PeerError::webrtc)?;
@@ -139,7 +139,7 @@ async fn serve_call(
     let mut connected = false;
     let bye = |reason: &'static str| async move {
         tracing::info!(reason, "ending the call");
-        let _ = client.bye(&call.guest_id, &call.room_id, Some(reason)).await;
+        let _ = client.bye(&call.request.guest_id, &call.request.room_id, Some(reason)).await;
     };
     loop {
         tokio::select! {
@@ -154,8 +154,8 @@ async fn serve_call(
             event = events.recv() => match event {
                 Some(PcEvent::Candidate(candidate)) => {
                     let c = Candidate {
-                        guest_id: call.guest_id.clone(),
-                        room_id: call.room_id.clone(),
+                        guest_id: call.request.guest_id.clone(),
+                        room_id: call.request.room_id.clone(),
                         candidate,
                         ufrag: answer.ufrag.clone(),
                         pwd: answer.pwd.clone(),
@@ -178,8 +178,8 @@ async fn serve_call(
                 }
                 Some(PcEvent::State(RTCPeerConnectionState::Closed)) | None => break,
                 Some(PcEvent::State(_)) => {}
-                Some(PcEvent::Track(track)) if call.call_type == "push" && recorder.is_none() => {
-                    let path = ctx.record_dir.join(format!("{}.h264", file_stem(&call.guest_id)));
+                Some(PcEvent::Track(track)) if call.request.call_type == "push" && recorder.is_none() => {
+                    let path = ctx.record_dir.join(format!("{}.h264", file_stem(&call.request.guest_id)));
                     tracing::info!(path = %path.display(), "recording");
                     let task = tokio::spawn(media::receive_track(track, Some(path.clone()), received.clone()));
                     recorder = Some((path, task));

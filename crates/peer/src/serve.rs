@@ -169,25 +169,25 @@ impl Keeper {
     }
 
     async fn on_call(&mut self, call: IncomingCall) {
-        let reject = match call.call_type.as_str() {
-            _ if call.room_id != self.room => Some(format!("room {} is not served here", call.room_id)),
+        let reject = match call.request.call_type.as_str() {
+            _ if call.request.room_id != self.room => Some(format!("room {} is not served here", call.request.room_id)),
             "play" | "push" if self.calls.len() >= self.config.max_calls => Some("too many calls".to_owned()),
             "play" | "push" => None,
             other => Some(format!("unsupported call type {other:?}")),
         };
         if let Some(reason) = reject {
-            tracing::warn!(guest_id = %call.guest_id, %reason, "rejecting a call");
+            tracing::warn!(guest_id = %call.request.guest_id, %reason, "rejecting a call");
             self.summary.rejected += 1;
             let _ = self.client.reject(&call, &reason).await;
             return;
         }
-        if let Some((_, old)) = self.calls.remove(&call.guest_id) {
+        if let Some((_, old)) = self.calls.remove(&call.request.guest_id) {
             let _ = old.try_send(CallInput::Bye);
         }
-        tracing::info!(guest_id = %call.guest_id, call_type = %call.call_type, stream = %call.stream, "incoming call");
+        tracing::info!(guest_id = %call.request.guest_id, call_type = %call.request.call_type, stream = %call.request.stream, "incoming call");
         self.summary.calls += 1;
         let (tx, rx) = mpsc::channel(CALL_INPUT_QUEUE);
-        let guest_id = call.guest_id.clone();
+        let guest_id = call.request.guest_id.clone();
         let ctx = CallContext {
             client: self.client.clone(),
             endpoint: self.endpoint.clone(),
