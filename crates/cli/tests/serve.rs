@@ -183,3 +183,40 @@ async fn minted_tokens_authorize_and_the_log_level_changes_at_runtime() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+/// `switchboard bench` against a real `switchboard serve`: one JSON summary line on stdout, progress on stderr.
+#[test]
+fn bench_prints_one_json_summary_line_and_progress() {
+    // The benchmark configuration (raised message budgets: a load test floods by design), on a free port.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/server.toml");
+    let (mut server, addr) = spawn(&["--config", config, "--listen", "127.0.0.1:0"], &[]);
+    let pid = server.id().to_string();
+    let url = format!("ws://{addr}/signaling");
+    let bench = |scenario: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["bench", "--server", &url, "--server-pid", &pid])
+            .args(scenario)
+            .output()
+            .expect("run switchboard bench");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one summary line: {stdout}");
+        let summary: Value = serde_json::from_str(lines[0]).expect("the summary is JSON");
+        (summary, String::from_utf8(out.stderr).unwrap())
+    };
+
+    let (idle, progress) = bench(&["idle", "--conns", "20", "--hold", "0"]);
+    assert_eq!((idle["scenario"].as_str(), idle["conns"].as_u64()), (Some("idle"), Some(20)));
+    assert!(idle["server_rss_per_room_kib"].as_f64().is_some(), "--server-pid gives memory figures: {idle}");
+    assert!(progress.contains("idle: 20 rooms registered"), "{progress}");
+
+    let (calls, _) = bench(&["calls", "--pairs", "2", "--duration", "0.5"]);
+    let flows = calls["flows"].as_u64().unwrap();
+    assert!(flows > 0, "{calls}");
+    assert_eq!(calls["call_to_accept"]["count"].as_u64(), Some(flows), "{calls}");
+    assert!(calls["server_cpu_us_per_flow"].as_f64().is_some_and(|us| us > 0.0), "{calls}");
+
+    sigterm(&server);
+    assert!(server.wait().unwrap().success());
+}
