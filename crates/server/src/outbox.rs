@@ -347,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_writes_each_socket_once_in_queue_order() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let o = Outbox::new(8, Some(Arc::new(server)), Arc::new(Metrics::new()));
         batch(|| {
@@ -366,14 +366,10 @@ mod tests {
         assert!(o.is_empty(), "a panicking batch still flushed");
         batch(|| o.send(Frame::text("four")));
         assert!(o.is_empty(), "and the next batch works");
-        let mut got = Vec::new();
-        while got.len() < 10 + 7 + 6 {
-            client.readable().await.unwrap();
-            let mut buf = [0; 64];
-            if let Ok(n) = client.try_read(&mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-        }
-        assert_eq!(got, b"\x81\x03one\x81\x03two\x81\x05three\x81\x04four");
+        let expected = b"\x81\x03one\x81\x03two\x81\x05three\x81\x04four";
+        let mut got = vec![0; expected.len()];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut client, &mut got);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("the frames arrive").unwrap();
+        assert_eq!(&got, expected);
     }
 }
