@@ -10,6 +10,8 @@
 //! - Data flows only towards peers that hold a live permission, and permissions are only installed for peers the
 //!   [`PeerPolicy`] allows. A denied peer is refused with 403 at CreatePermission/ChannelBind time.
 //! - Unauthenticated requests get short answers (no SOFTWARE, no echoed payload): no amplification.
+//! - Every response ends with FINGERPRINT (RFC 8489 §14.7), whether the request carried one or not: ZLMediaKit's ICE
+//!   agent requires it.
 //! - Malformed input is dropped or answered with a STUN error; it never panics.
 
 use std::borrow::Cow;
@@ -383,12 +385,11 @@ impl Engine {
     }
 
     fn binding<'a>(&mut self, from: Client, msg: &Message<'_>) -> Transmit<'a> {
-        let mut b = Builder::new(Class::Success, method::BINDING, msg.transaction_id())
+        // FINGERPRINT on every answer, asked for or not: ZLMediaKit's ICE agent rejects a response without one
+        // (and its error path then kills the socket that also carries its host candidate).
+        let b = Builder::new(Class::Success, method::BINDING, msg.transaction_id())
             .xor_address(attr::XOR_MAPPED_ADDRESS, from.addr);
-        if msg.get(attr::FINGERPRINT).is_some() || msg.has_integrity() {
-            b = b.fingerprint();
-        }
-        to_client(from, b.finish())
+        to_client(from, b.fingerprint().finish())
     }
 
     /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send.
@@ -423,6 +424,7 @@ impl Engine {
             .error(code, reason)
             .attr(attr::REALM, self.config.realm.as_bytes())
             .attr(attr::NONCE, self.nonces.mint(unix).as_bytes())
+            .fingerprint()
             .finish()
     }
 
@@ -662,7 +664,7 @@ fn error(msg: &Message<'_>, code: u16, reason: &str, auth: Option<&Auth>) -> Vec
     let b = Builder::new(Class::Error, msg.method(), msg.transaction_id()).error(code, reason);
     match auth {
         Some(a) => seal(b, &a.key, msg.uses_sha256()),
-        None => b.finish(),
+        None => b.fingerprint().finish(),
     }
 }
 

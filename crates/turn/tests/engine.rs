@@ -185,6 +185,37 @@ fn binding_answers_with_the_mapped_address() {
     assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(c.who.addr));
 }
 
+/// FINGERPRINT is the last attribute of `resp`, and checks out (parse verifies it).
+fn ends_with_fingerprint(resp: &[u8]) -> bool {
+    Message::parse(resp).is_ok() && resp.len() >= 28 && resp[resp.len() - 8..resp.len() - 6] == attr::FINGERPRINT.to_be_bytes()
+}
+
+/// ZLMediaKit's ICE agent drops (and then tears down its socket on) any answer without FINGERPRINT, even to a
+/// request that carried none. Every kind of answer is covered: success, challenge, plain error, signed error.
+#[test]
+fn every_answer_carries_a_fingerprint_whether_or_not_the_request_had_one() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let bare = w.request(&c, Builder::new(Class::Request, method::BINDING, [1; 12]));
+    assert!(ends_with_fingerprint(&bare), "binding success to a request without FINGERPRINT: {bare:02x?}");
+    let fp = w.request(&c, Builder::new(Class::Request, method::BINDING, [2; 12]).fingerprint());
+    assert!(ends_with_fingerprint(&fp));
+    let challenge = w.request(
+        &c,
+        Builder::new(Class::Request, method::ALLOCATE, [3; 12]).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+    );
+    assert_eq!(Message::parse(&challenge).unwrap().error_code(), Some(401));
+    assert!(ends_with_fingerprint(&challenge), "401 challenge: {challenge:02x?}");
+    let unknown_method = w.request(&c, Builder::new(Class::Request, 0x0ff, [4; 12]));
+    assert_eq!(Message::parse(&unknown_method).unwrap().error_code(), Some(400));
+    assert!(ends_with_fingerprint(&unknown_method), "400 to an unknown method: {unknown_method:02x?}");
+    w.allocate(&mut c);
+    let b = w.signed(&c, method::CREATE_PERMISSION).xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.1:9"));
+    let denied = w.request(&c, World::seal(&c, b));
+    assert_eq!(Message::parse(&denied).unwrap().error_code(), Some(403));
+    assert!(ends_with_fingerprint(&denied));
+}
+
 #[test]
 fn allocate_permission_send_and_data_indication() {
     let mut w = World::new(|_| {});
