@@ -121,12 +121,45 @@ export function toRTCIceServers(servers) {
   for (const s of servers) {
     if (!s || typeof s.url !== "string" || s.url === "") continue;
     /** @type {RTCIceServer} */
-    const server = { urls: s.url };
+    const server = { urls: browserIceUrl(s.url) };
     if (s.ufrag) server.username = s.ufrag;
     if (s.pwd) server.credential = s.pwd;
     out.push(server);
   }
   return out;
+}
+
+/**
+ * An `ice_servers` url in the form browsers accept. ZLMediaKit's keeper only reads `stun:HOST:PORT?transport=udp`, so
+ * servers send that; but a `stun:`/`stuns:` URI has no query (RFC 7064) and Chromium refuses the whole
+ * RTCPeerConnection over one. `turn:`/`turns:` keep their `?transport=` (RFC 7065).
+ * @param {string} url
+ * @returns {string}
+ */
+export function browserIceUrl(url) {
+  return /^stuns?:/i.test(url) ? url.replace(/\?.*$/s, "") : url;
+}
+
+/**
+ * A remote answer in the form browsers accept. ZLMediaKit's answer (an ICE-lite endpoint that trickles its candidates)
+ * puts port 0 on every m-line, which a browser reads as "section rejected" (RFC 8843 allows port 0 only for
+ * bundle-only sections of an offer). A section that is bundled and not `inactive` is live, so its port becomes the
+ * placeholder 9; truly rejected sections (not in the BUNDLE group, or inactive) stay as they are.
+ * @param {string} sdp
+ * @returns {string}
+ */
+export function browserAnswer(sdp) {
+  const eol = sdp.includes("\r\n") ? "\r\n" : "\n";
+  const [session, ...sections] = sdp.split(/\r?\nm=/);
+  const bundle = session.split(/\r?\n/).find((l) => l.startsWith("a=group:BUNDLE "));
+  const bundled = new Set(bundle ? bundle.slice("a=group:BUNDLE ".length).trim().split(/\s+/) : []);
+  const fixed = sections.map((section) => {
+    const lines = section.split(/\r?\n/);
+    const mid = lines.find((l) => l.startsWith("a=mid:"))?.slice("a=mid:".length).trim();
+    const live = mid !== undefined && bundled.has(mid) && !lines.includes("a=inactive");
+    return live ? section.replace(/^(\w+) 0 /, "$1 9 ") : section;
+  });
+  return [session, ...fixed].join(`${eol}m=`);
 }
 
 /**
@@ -1113,7 +1146,7 @@ export async function play(roomId, options = {}) {
     // From here on the playback watches for byes (and reports one through `ended`).
     const playback = new Playback(client, owned, pc, link, stream, roomId, guestId, detach);
     try {
-      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      await pc.setRemoteDescription({ type: "answer", sdp: browserAnswer(answer) });
       link.remoteReady();
     } catch (e) {
       // Ended meanwhile (the pc is closed): the playback reports it.

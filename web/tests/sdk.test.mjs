@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  browserAnswer,
+  browserIceUrl,
   defaultSignalingUrl,
   firstMid,
   iceCredentials,
@@ -127,10 +129,37 @@ test("ice_servers entries become RTCIceServers", () => {
     ]),
     [
       { urls: "turn:192.0.2.1:3478?transport=udp", username: "1700000000:room", credential: "c2VjcmV0" },
-      { urls: "stun:192.0.2.1:3478?transport=udp" },
+      { urls: "stun:192.0.2.1:3478" },
     ],
   );
   assert.deepEqual(toRTCIceServers(undefined), []);
+});
+
+test("stun: urls lose their query (Chromium refuses `stun:…?transport=udp`); turn: urls keep it", () => {
+  assert.equal(browserIceUrl("stun:10.0.0.1:3478?transport=udp"), "stun:10.0.0.1:3478");
+  assert.equal(browserIceUrl("STUNS:stun.example.org:5349?transport=tcp"), "STUNS:stun.example.org:5349");
+  assert.equal(browserIceUrl("stun:stun.example.org"), "stun:stun.example.org");
+  assert.equal(browserIceUrl("turn:10.0.0.1:3478?transport=udp"), "turn:10.0.0.1:3478?transport=udp");
+  assert.equal(browserIceUrl("turns:t.example.org:443?transport=tcp"), "turns:t.example.org:443?transport=tcp");
+});
+
+test("a ZLMediaKit answer's port-0 bundled sections become live; rejected ones stay rejected", () => {
+  // The shape of a ZLMediaKit keeper's P2P answer (ice-lite, candidates trickled later).
+  const zlm = [
+    "v=0", "o=- 1 1 IN IP4 10.77.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1", "a=ice-lite",
+    "m=video 0 UDP/TLS/RTP/SAVPF 102 103", "c=IN IP4 10.77.0.1", "a=mid:0", "a=sendonly", "a=rtcp-mux",
+    "m=audio 0 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 10.77.0.1", "a=mid:1", "a=sendonly",
+    "m=application 0 UDP/DTLS/SCTP webrtc-datachannel", "a=mid:2", "",
+  ].join("\r\n");
+  const out = browserAnswer(zlm);
+  assert.match(out, /\r\nm=video 9 UDP\/TLS\/RTP\/SAVPF 102 103\r\n/);
+  assert.match(out, /\r\nm=audio 9 UDP\/TLS\/RTP\/SAVPF 96\r\n/);
+  assert.match(out, /\r\nm=application 0 /, "mid 2 is not bundled: still rejected");
+  assert.equal(out.replace(/m=(video|audio) 9 /g, "m=$1 0 "), zlm, "nothing else changes");
+  const inactive = zlm.replace("a=mid:1\r\na=sendonly", "a=mid:1\r\na=inactive");
+  assert.match(browserAnswer(inactive), /\r\nm=audio 0 /, "an inactive section stays rejected");
+  const browser = zlm.replace(/m=(video|audio) 0 /g, "m=$1 9 ");
+  assert.equal(browserAnswer(browser), browser, "a normal answer is untouched");
 });
 
 test("SDP helpers: first m-line's mid and the ICE credentials", () => {
