@@ -16,9 +16,11 @@ use serde::Deserialize;
 /// A protocol field whose text the server needs (ids, routing keys, echoed call details).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Field<'a> {
-    /// Absent, `null` or `""`.
+    /// Absent or `null`.
     #[default]
     Missing,
+    /// `""`: missing to validation, but still echoed in a reject (SPEC.md §2).
+    Empty,
     /// A non-empty string; borrowed from the frame unless it contained escapes.
     Str(Cow<'a, str>),
     /// Present but not a string.
@@ -175,10 +177,10 @@ impl<'de> Deserialize<'de> for Field<'de> {
                 f.write_str("any JSON value")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(if v.is_empty() { Field::Missing } else { Field::Str(Cow::Borrowed(v)) })
+                Ok(if v.is_empty() { Field::Empty } else { Field::Str(Cow::Borrowed(v)) })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(if v.is_empty() { Field::Missing } else { Field::Str(Cow::Owned(v.to_owned())) })
+                Ok(if v.is_empty() { Field::Empty } else { Field::Str(Cow::Owned(v.to_owned())) })
             }
             non_string_arms!(Field::Wrong, Field::Missing);
         }

@@ -157,7 +157,7 @@ struct Check {
 }
 
 fn field_check(name: &'static str, f: &Field<'_>) -> Check {
-    Check { name, missing: matches!(f, Field::Missing), wrong: matches!(f, Field::Wrong) }
+    Check { name, missing: matches!(f, Field::Missing | Field::Empty), wrong: matches!(f, Field::Wrong) }
 }
 
 fn presence_check(name: &'static str, p: Presence) -> Check {
@@ -190,7 +190,8 @@ fn validate(frame: Frame<'_>) -> Result<Message<'_>, Reject<'_>> {
         Some(Kind::Unregister) => &["room_id"],
         Some(Kind::Call) => &["guest_id", "room_id", "type", "vhost", "app", "stream", "sdp"],
         Some(Kind::Answer { .. } | Kind::Bye) => &["guest_id", "room_id"],
-        Some(Kind::Candidate) => &["guest_id", "room_id", "candidate"],
+        // ufrag/pwd too: without them the other side cannot use the candidate (ZLMediaKit does not forward it).
+        Some(Kind::Candidate) => &["guest_id", "room_id", "candidate", "ufrag", "pwd"],
     };
     let envelope = ["class", "method", "transaction_id"];
 

@@ -35,6 +35,7 @@ impl<'a> Echo<'a> {
         fn s(f: Field<'_>) -> Option<Cow<'_, str>> {
             match f {
                 Field::Str(s) => Some(s),
+                Field::Empty => Some(Cow::Borrowed("")),
                 _ => None,
             }
         }

@@ -83,7 +83,7 @@ fn strings_without_escapes_are_borrowed_and_escaped_ones_decoded() {
 #[test]
 fn pretty_printed_zlmediakit_json_with_tabs_and_extra_fields_parses() {
     let text = "{\n\t\"class\" : \"indication\",\n\t\"method\" : \"candidate\",\n\t\"transaction_id\" : \"x\",\n\t\
-                \"guest_id\" : \"g\",\n\t\"room_id\" : \"r\",\n\t\"candidate\" : \"c 1 udp 1 1.2.3.4 5 typ host\",\n\t\
+                \"guest_id\" : \"g\",\n\t\"room_id\" : \"r\",\n\t\"candidate\" : \"c 1 udp 1 1.2.3.4 5 typ host\",\n\t\"ufrag\" : \"u\",\n\t\"pwd\" : \"p\",\n\t\
                 \"sender\" : \"r\",\n\t\"extra\" : {\"nested\" : [1, 2, {\"a\":null}]}\n}";
     assert!(matches!(Message::parse(text).unwrap().body, Body::Candidate { .. }));
 }
@@ -276,4 +276,36 @@ fn arbitrary_bytes_never_panic() {
         }
         let _ = Message::parse(&s);
     }
+}
+
+#[test]
+fn a_candidate_without_ufrag_or_pwd_is_missing_a_field() {
+    let base = json!({"class":"indication","method":"candidate","transaction_id":"t","guest_id":"g","room_id":"r",
+                      "candidate":"7e0de214 1 udp 2113955071 192.168.1.1 46411 typ host","ufrag":"u","pwd":"p"});
+    assert!(Message::parse(&base.to_string()).is_ok());
+    for (field, empty) in [("ufrag", json!(null)), ("ufrag", json!("")), ("pwd", json!(null)), ("pwd", json!(""))] {
+        let mut v = base.clone();
+        if empty.is_null() {
+            v.as_object_mut().unwrap().remove(field);
+        } else {
+            v[field] = empty;
+        }
+        let r = reject_of(v);
+        assert_eq!(r["code"], "missing_field", "{field}: {r}");
+        assert_eq!(r["reason"], format!("missing field \"{field}\""));
+        assert_eq!((r["room_id"].as_str(), r["guest_id"].as_str()), (Some("r"), Some("g")));
+    }
+}
+
+#[test]
+fn a_reject_echoes_room_and_guest_ids_given_as_empty_strings() {
+    let r = reject_of(json!({"class":"indication","method":"bye","transaction_id":"t","guest_id":"","room_id":""}));
+    assert_eq!(r["code"], "missing_field");
+    assert_eq!((r["room_id"].as_str(), r["guest_id"].as_str()), (Some(""), Some("")), "{r}");
+    // Absent and null are not echoed.
+    let r = reject_of(json!({"class":"indication","method":"bye","transaction_id":"t","guest_id":null}));
+    assert!(r.get("room_id").is_none() && r.get("guest_id").is_none(), "{r}");
+    // An empty transaction_id is missing, and echoed as "" as always.
+    let r = reject_of(json!({"class":"request","method":"register","transaction_id":""}));
+    assert_eq!(r["transaction_id"], "");
 }

@@ -198,3 +198,24 @@ async fn unknown_guest() {
     assert_reject(&callee.request(candidate("g", "a", "late")).await, "unknown_guest");
     assert_reject(&caller.request(bye("g", "a")).await, "unknown_guest");
 }
+
+/// A candidate without the sender's ICE credentials is useless to the other side: rejected, never forwarded
+/// (ZLMediaKit drops it too). Both directions of a live call.
+#[tokio::test]
+async fn a_candidate_without_ufrag_or_pwd_is_rejected_and_not_forwarded() {
+    let server = TestServer::start().await;
+    let (mut callee, mut caller) = server.in_call().await;
+    for field in ["ufrag", "pwd"] {
+        let mut c = candidate("g", "a", "1 1 udp 1 192.0.2.1 9 typ host");
+        c.as_object_mut().unwrap().remove(field);
+        let r = caller.request(c.clone()).await;
+        assert_reject(&r, "missing_field");
+        assert_eq!(r["reason"], format!("missing field \"{field}\""));
+        assert_eq!((r["guest_id"].as_str(), r["room_id"].as_str()), (Some("g"), Some("a")), "{r}");
+        c[field] = json!("");
+        assert_reject(&callee.request(c).await, "missing_field");
+    }
+    // Nothing reached either side: the next message each gets is its probe's answer.
+    callee.assert_nothing_pending().await;
+    caller.assert_nothing_pending().await;
+}
