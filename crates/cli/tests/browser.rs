@@ -86,7 +86,7 @@ fn node_modules() {
         let (status, output) = run(npm, Duration::from_secs(300));
         assert!(
             status.is_some_and(|s| s.success()),
-            "`npm ci` in {} failed ({status:?}); CI's .ci/run runs it first:\n{output}",
+            "`npm ci` in {} failed ({status:?}); scripts/test.sh runs it first:\n{output}",
             dir.display()
         );
     });
@@ -127,7 +127,7 @@ fn sdk_and_demo_type_check() {
 fn demo_page_in_chromium() {
     assert!(
         Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium; CI's .ci/run installs it)"
+        "{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium; scripts/test.sh installs it)"
     );
     node_modules();
     // Root (as CI) makes a network namespace directly; anyone else through a user namespace.
