@@ -6,9 +6,10 @@
 
 mod zlm;
 
+use std::process::Command;
 use std::time::Duration;
 
-use zlm::{eventually, prerequisites, Switchboard, Zlm, HOST};
+use zlm::{eventually, prerequisites, Proc, Switchboard, TempDir, Zlm, BIN, HOST};
 
 const ROOM: &str = "zlm_cam_1";
 
@@ -59,4 +60,54 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
         let rooms = sb.rooms();
         (!rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM)).then_some(()).ok_or(rooms.to_string())
     });
+}
+
+/// An H.264 Annex-B clip for `switchboard peer serve`.
+fn annexb_clip(dir: &TempDir) -> String {
+    let file = dir.0.join("clip.h264");
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-t", "3"])
+        .args(["-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-bsf:v", "h264_mp4toannexb"])
+        .args(["-f", "h264"])
+        .arg(&file)
+        .output()
+        .expect("ffmpeg is missing: apt-get install -y ffmpeg (scripts/test.sh installs it)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    file.to_str().unwrap().to_owned()
+}
+
+/// `switchboard peer serve` → switchboard ← ZLM puller: our H.264 into ZLMediaKit. The puller offers
+/// `a=setup:active`, so our answer must be `passive` (and really be the DTLS server), and the audio section we
+/// reject must still parse in MediaServer (direction, rtcp-mux, rtpmap).
+#[test]
+fn switchboard_peer_serve_to_zlm_puller() {
+    let Some(bin) = prerequisites("switchboard_peer_serve_to_zlm_puller") else { return };
+    zlm::enter_private_network();
+    let mut sb = Switchboard::start(&[]);
+    let scratch = TempDir::new("peer-serve");
+    let media = annexb_clip(&scratch);
+    let server = format!("ws://{HOST}:{}/signaling", sb.port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["peer", "serve", "--server", &server, "--room", ROOM, "--media", &media, "--bind", &format!("{HOST}:0")])
+        .arg("--record-dir")
+        .arg(&scratch.0)
+        .env("SWITCHBOARD_LOG", "info");
+    let mut keeper = Proc::spawn("switchboard peer serve", cmd);
+    keeper.wait_line(Duration::from_secs(15), |l| l.contains("room keeper ready"));
+    let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "");
+
+    let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb.port());
+    let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
+    let v = puller.call("addStreamProxy", &query);
+    assert_eq!(
+        v["code"], 0,
+        "the pull failed: {v}\npuller log:\n{}\npeer serve log:\n{}\nswitchboard log:\n{}",
+        puller.proc.log(),
+        keeper.log(),
+        sb.proc.log()
+    );
+    let frames = puller.frames_keep_growing(10);
+    println!("puller: live/test from switchboard peer serve, {frames} H.264 frames");
+    puller.ok("delStreamProxy", "key=__defaultVhost__/live/test");
+    keeper.wait_line(Duration::from_secs(15), |l| l.contains("call over") || l.contains("ending the call"));
 }

@@ -22,7 +22,7 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use crate::endpoint::{self, EndpointConfig, PcEvent};
 use crate::media::{self, Clip, Received, SendCounters, VideoTrack};
-use crate::PeerError;
+use crate::{sdp_compat, PeerError};
 
 /// A call that does not connect within this long is ended.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,7 +75,9 @@ pub(crate) fn file_stem(guest_id: &str) -> String {
 pub(crate) async fn run(ctx: CallContext, call: IncomingCall, inputs: mpsc::Receiver<CallInput>) -> CallOutcome {
     let span = tracing::info_span!("call", guest_id = %call.request.guest_id, call_type = %call.request.call_type);
     async move {
-        let (pc, events) = match endpoint::build(&ctx.endpoint).await {
+        let endpoint =
+            EndpointConfig { answering_role: sdp_compat::answering_role(&call.request.sdp), ..ctx.endpoint.clone() };
+        let (pc, events) = match endpoint::build(&endpoint).await {
             Ok(built) => built,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a peer connection");
@@ -114,7 +116,8 @@ async fn answer(call: &IncomingCall, pc: &Arc<dyn PeerConnection>) -> Result<Ans
     let local = pc.local_description().await.ok_or_else(|| PeerError::WebRtc("no local description".into()))?;
     let (ufrag, pwd) = endpoint::ice_credentials(&local.sdp)
         .ok_or_else(|| PeerError::WebRtc("the answer has no ICE credentials".into()))?;
-    Ok(Answer { sdp: local.sdp, ufrag, pwd, video })
+    let sdp = sdp_compat::complete_rejected_sections(&local.sdp, &call.request.sdp);
+    Ok(Answer { sdp, ufrag, pwd, video })
 }
 
 async fn serve_call(

@@ -151,6 +151,7 @@ async fn run(
         ice_servers: endpoint::ice_servers(&registered.ice_servers),
         relay_only: cfg.relay_only,
         bind: cfg.bind,
+        answering_role: None,
     };
     let (pc, mut pc_events) = endpoint::build(&endpoint_config).await?;
     let mut session = Session {

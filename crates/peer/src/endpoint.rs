@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use switchboard_proto::IceServer;
@@ -35,6 +36,8 @@ pub(crate) struct EndpointConfig {
     pub ice_servers: Vec<RTCIceServer>,
     pub relay_only: bool,
     pub bind: SocketAddr,
+    /// The DTLS role to answer with, when the offer fixes one (see `sdp_compat`).
+    pub answering_role: Option<RTCDtlsRole>,
 }
 
 /// What the peer connection reports.
@@ -107,7 +110,11 @@ pub(crate) async fn build(
         .with_ice_servers(config.ice_servers.clone())
         .with_ice_transport_policy(policy)
         .build();
-    let setting = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+    let mut setting = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if let Some(role) = config.answering_role {
+        setting = setting.with_answering_dtls_role(role);
+    }
+    let setting = setting.build();
     let (tx, events) = mpsc::unbounded_channel();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration)

@@ -19,6 +19,7 @@ mod caller;
 mod endpoint;
 mod error;
 mod media;
+mod sdp_compat;
 mod serve;
 mod session;
 

@@ -82,6 +82,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()>) -> R
         ice_servers: endpoint::ice_servers(&registered.ice_servers),
         relay_only: false,
         bind: config.bind,
+        answering_role: None,
     };
     tracing::info!(
         room = %registered.room_id,
