@@ -111,3 +111,42 @@ fn switchboard_peer_serve_to_zlm_puller() {
     puller.ok("delStreamProxy", "key=__defaultVhost__/live/test");
     keeper.wait_line(Duration::from_secs(15), |l| l.contains("call over") || l.contains("ending the call"));
 }
+
+/// ZLM keeper → switchboard ← `switchboard peer play`: ZLMediaKit's stream into our player, frames counted.
+#[test]
+fn zlm_keeper_to_switchboard_peer_play() {
+    let Some(bin) = prerequisites("zlm_keeper_to_switchboard_peer_play") else { return };
+    zlm::enter_private_network();
+    let mut sb = Switchboard::start(&[]);
+    let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "");
+    keeper.load_clip();
+    let v = keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
+    let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
+    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
+        let rooms = sb.rooms();
+        rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM).then_some(()).ok_or(rooms.to_string())
+    });
+
+    let server = format!("ws://{HOST}:{}/signaling", sb.port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["peer", "play", "--server", &server, "--room", ROOM, "--duration", "6s", "--min-frames", "30", "--stream", "test"])
+        .args(["--bind", &format!("{HOST}:0")])
+        .env("SWITCHBOARD_LOG", "info");
+    let mut player = Proc::spawn("switchboard peer play", cmd);
+    let status = player.wait_exit(Duration::from_secs(40));
+    assert!(
+        status.success(),
+        "peer play: {status}\n{}\nkeeper log:\n{}\nswitchboard log:\n{}",
+        player.log(),
+        keeper.proc.log(),
+        sb.proc.log()
+    );
+    let log = player.log();
+    assert!(!log.contains("failed to verify auth tag"), "SRTP poisoned by early media:\n{log}");
+    // The player said bye on its way out: the keeper has no guest left.
+    eventually("the keeper drops the player's guest", Duration::from_secs(10), || {
+        let g = keeper.keeper_guests(ROOM);
+        g.is_empty().then_some(()).ok_or(format!("{g:?}"))
+    });
+    keeper.ok("delWebrtcRoomKeeper", &format!("room_key={room_key}"));
+}

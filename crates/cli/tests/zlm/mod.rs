@@ -135,6 +135,27 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit (draining its output meanwhile), then for the rest of its output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                panic!("{}: still running after {timeout:?}; output:\n{log}", self.name);
+            }
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(line);
+            }
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        status
+    }
+
     /// Everything printed so far.
     pub fn log(&mut self) -> String {
         while let Ok(line) = self.lines.try_recv() {
