@@ -142,8 +142,18 @@ pub fn check<'h>(
     }
     let key = header("sec-websocket-key").filter(|k| !k.is_empty());
     let Some(key) = key else { return Err(Refusal::BadRequest("missing Sec-WebSocket-Key")) };
+    if !is_websocket_key(key.trim_ascii()) {
+        return Err(Refusal::BadRequest("Sec-WebSocket-Key must be base64 of 16 bytes"));
+    }
     let token = token(query, header("authorization"));
     Ok(Some(Upgrade { len: 0, accept: derive_accept_key(key.trim_ascii()), token }))
+}
+
+/// RFC 6455 §4.2.1: the key is the base64 of a 16-byte nonce. The base64 crate's standard engine is strict (padding
+/// required, non-canonical trailing bits refused), which is exactly that rule.
+fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    key.len() == 24 && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// The `101 Switching Protocols` answer.
@@ -229,6 +239,13 @@ mod tests {
             (UPGRADE.replace("Version: 13", "Version: 8"), 426),
             (UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), 400),
             (UPGRADE.replace("GET", "POST"), 400),
+            // The key must be base64 of exactly 16 bytes.
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "abc"), 400),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", &"A".repeat(4000)), 400),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ"), 400),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="), 400),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZSBvZg=="), 400),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j*Q=="), 400),
         ];
         for (req, status) in cases {
             let refusal = parse(req.as_bytes()).unwrap_err();
