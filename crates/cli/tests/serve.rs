@@ -29,8 +29,8 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
             break addr.to_owned();
         }
     };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep draining the log so the child never blocks on a full pipe; a failing test shows it (output capture).
+    std::thread::spawn(move || lines.for_each(|l| eprintln!("CHILD {}", l.unwrap_or_default())));
     (child, addr)
 }
 

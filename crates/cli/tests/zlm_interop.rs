@@ -24,7 +24,8 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
     let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "");
     keeper.load_clip();
 
-    let v = keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
+    let v =
+        keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
     let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
     eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
         let rooms = sb.rooms();
@@ -35,7 +36,13 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
     let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb.port());
     let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
     let v = puller.call("addStreamProxy", &query);
-    assert_eq!(v["code"], 0, "the pull failed: {v}\npuller log:\n{}\nswitchboard log:\n{}", puller.proc.log(), sb.proc.log());
+    assert_eq!(
+        v["code"],
+        0,
+        "the pull failed: {v}\npuller log:\n{}\nswitchboard log:\n{}",
+        puller.proc.log(),
+        sb.proc.log()
+    );
     let frames = puller.frames_keep_growing(10);
     println!("puller: live/test online, {frames} H.264 frames");
     // Both ICE agents allocated on our TURN server with the ephemeral credentials of their register accepts.
@@ -60,6 +67,58 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
         let rooms = sb.rooms();
         (!rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM)).then_some(()).ok_or(rooms.to_string())
     });
+}
+
+/// The same pairing with only relayed candidate pairs allowed on both ZLMediaKit sides (`iceTransportPolicy=1`):
+/// keeper and puller allocate on the built-in TURN server with the ephemeral credentials of their register accepts,
+/// trickle relay candidates, and the media really flows through our relay. The TURN server must answer the way
+/// ZLMediaKit's agent checks (401 to its first, short-term CreatePermission; REALM and NONCE in signed answers).
+#[test]
+fn zlm_keeper_to_zlm_puller_over_the_builtin_turn_relay() {
+    let Some(bin) = prerequisites("zlm_keeper_to_zlm_puller_over_the_builtin_turn_relay") else { return };
+    zlm::enter_private_network();
+    // The relay addresses are on the veth, 10.77.0.1, which the default peer policy denies (10.0.0.0/8).
+    let mut sb = Switchboard::start(&["--turn-allow-peer", "10.77.0.0/24"]);
+    let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "iceTransportPolicy=1");
+    let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "iceTransportPolicy=1");
+    keeper.load_clip();
+    keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
+    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
+        let rooms = sb.rooms();
+        rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM).then_some(()).ok_or(rooms.to_string())
+    });
+
+    let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb.port());
+    let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
+    let v = puller.call("addStreamProxy", &query);
+    assert_eq!(
+        v["code"],
+        0,
+        "the relayed pull failed: {v}\npuller log:\n{}\nkeeper log:\n{}\nswitchboard log:\n{}",
+        puller.proc.log(),
+        keeper.proc.log(),
+        sb.proc.log()
+    );
+    let frames = puller.frames_keep_growing(10);
+    println!("puller: live/test online over the relay, {frames} H.264 frames");
+
+    // Both sides trickled relay candidates (ZLMediaKit logs every signaling message it sends).
+    for (who, zlm) in [("keeper", &mut keeper), ("puller", &mut puller)] {
+        let log = zlm.proc.log();
+        assert!(log.contains("typ relay"), "the {who} sent no relay candidate:\n{log}");
+    }
+    let metrics = sb.metrics();
+    let m = |series: &str| zlm::metric(&metrics, series).unwrap_or(0.0);
+    assert!(m("switchboard_turn_allocations_total") >= 2.0, "{metrics}");
+    assert_eq!(m("switchboard_turn_auth_failures_total"), 0.0, "{metrics}");
+    // The media went through our relay. ZLMediaKit's relay-only policy wants a relay candidate on at least one end
+    // of the pair (either end: it varies from run to run), so the video crosses the relay in one direction, at least
+    // one packet per frame the puller counted, and RTCP and consent checks cross it in the other.
+    let (to_peers, to_clients) =
+        (m("switchboard_turn_relayed_packets_to_peers_total"), m("switchboard_turn_relayed_packets_to_clients_total"));
+    assert!(to_peers.max(to_clients) >= frames as f64, "{frames} frames but fewer relayed packets:\n{metrics}");
+    assert!(to_peers.min(to_clients) > 0.0, "nothing relayed back:\n{metrics}");
+    puller.ok("delStreamProxy", "key=__defaultVhost__/live/test");
 }
 
 /// An H.264 Annex-B clip for `switchboard peer serve`.
@@ -100,7 +159,8 @@ fn switchboard_peer_serve_to_zlm_puller() {
     let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
     let v = puller.call("addStreamProxy", &query);
     assert_eq!(
-        v["code"], 0,
+        v["code"],
+        0,
         "the pull failed: {v}\npuller log:\n{}\npeer serve log:\n{}\nswitchboard log:\n{}",
         puller.proc.log(),
         keeper.log(),
@@ -124,7 +184,8 @@ fn zlm_keeper_to_switchboard_peer_play() {
     let mut sb = Switchboard::start(&[]);
     let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "");
     keeper.load_clip();
-    let v = keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
+    let v =
+        keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
     let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
     eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
         let rooms = sb.rooms();
@@ -133,10 +194,23 @@ fn zlm_keeper_to_switchboard_peer_play() {
 
     let server = format!("ws://{HOST}:{}/signaling", sb.port());
     let mut cmd = Command::new(BIN);
-    cmd.args(["peer", "play", "--server", &server, "--room", ROOM, "--duration", "6s", "--min-frames", "30", "--stream", "test"])
-        .args(["--bind", &format!("{HOST}:0")])
-        // More detail when chasing a failure, e.g. SWITCHBOARD_TEST_PEER_LOG=info,rtc=debug.
-        .env("SWITCHBOARD_LOG", std::env::var("SWITCHBOARD_TEST_PEER_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.args([
+        "peer",
+        "play",
+        "--server",
+        &server,
+        "--room",
+        ROOM,
+        "--duration",
+        "6s",
+        "--min-frames",
+        "30",
+        "--stream",
+        "test",
+    ])
+    .args(["--bind", &format!("{HOST}:0")])
+    // More detail when chasing a failure, e.g. SWITCHBOARD_TEST_PEER_LOG=info,rtc=debug.
+    .env("SWITCHBOARD_LOG", std::env::var("SWITCHBOARD_TEST_PEER_LOG").unwrap_or_else(|_| "info".into()));
     let mut player = Proc::spawn("switchboard peer play", cmd);
     let status = player.wait_exit(Duration::from_secs(40));
     assert!(
@@ -154,4 +228,59 @@ fn zlm_keeper_to_switchboard_peer_play() {
         g.is_empty().then_some(()).ok_or(format!("{g:?}"))
     });
     keeper.ok("delWebrtcRoomKeeper", &format!("room_key={room_key}"));
+}
+
+/// Our clients against a ZLMediaKit signaling server (MediaServer with `signalingPort` set, its own STUN/TURN on
+/// `icePort`): `switchboard peer serve` registers a room there and `switchboard peer play` plays it, frames counted,
+/// exactly as they do on `switchboard serve`.
+#[test]
+fn switchboard_peers_through_a_zlm_signaling_server() {
+    let Some(bin) = prerequisites("switchboard_peers_through_a_zlm_signaling_server") else { return };
+    zlm::enter_private_network();
+    // The namespace is ours alone: a port free for TCP is free for UDP too.
+    let (signaling, ice) = (zlm::free_port(), zlm::free_port());
+    let mut zlm = Zlm::start(
+        &bin,
+        "signaling",
+        (44000, 44999),
+        &format!("signalingPort={signaling}\nicePort={ice}\niceTcpPort={ice}"),
+    );
+    eventually("ZLMediaKit's signaling port", Duration::from_secs(10), || {
+        std::net::TcpStream::connect((HOST, signaling)).map_err(|e| e.to_string())
+    });
+    let scratch = TempDir::new("peers-on-zlm");
+    let media = annexb_clip(&scratch);
+    let server = format!("ws://{HOST}:{signaling}/signaling");
+
+    let mut cmd = Command::new(BIN);
+    cmd.args(["peer", "serve", "--server", &server, "--room", ROOM, "--media", &media, "--bind", &format!("{HOST}:0")])
+        .env("SWITCHBOARD_LOG", "info");
+    let mut keeper = Proc::spawn("switchboard peer serve", cmd);
+    keeper.wait_line(Duration::from_secs(15), |l| l.contains("room keeper ready"));
+
+    // Once on host candidates, once through ZLMediaKit's own TURN server (the ice_servers of its register accept).
+    for relay_only in [false, true] {
+        let mut cmd = Command::new(BIN);
+        // Through ZLMediaKit's TURN, ICE and DTLS take a few seconds longer to settle.
+        let duration = if relay_only { "8s" } else { "4s" };
+        cmd.args(["peer", "play", "--server", &server, "--room", ROOM, "--duration", duration, "--min-frames", "30"])
+            .args(["--bind", &format!("{HOST}:0")])
+            .args(relay_only.then_some("--relay-only"))
+            .env("SWITCHBOARD_LOG", "info");
+        let mut player = Proc::spawn("switchboard peer play", cmd);
+        let status = player.wait_exit(Duration::from_secs(40));
+        let log = player.log();
+        assert!(
+            status.success(),
+            "peer play (relay_only={relay_only}) through ZLMediaKit's signaling: {status}\n{log}\npeer serve log:\n{}\n\
+             ZLMediaKit log:\n{}",
+            keeper.log(),
+            zlm.proc.log()
+        );
+        let summary = log.lines().find(|l| l.starts_with("summary:")).unwrap_or_else(|| panic!("no summary:\n{log}"));
+        let path = if relay_only { "pair=relay" } else { "pair=host" };
+        assert!(summary.contains(path), "expected {path}: {summary}");
+        // The player's bye reached our keeper through ZLMediaKit.
+        keeper.wait_line(Duration::from_secs(15), |l| l.contains("call over") || l.contains("ending the call"));
+    }
 }

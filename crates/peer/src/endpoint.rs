@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use switchboard_proto::IceServer;
 use tokio::sync::mpsc;

@@ -28,7 +28,8 @@ pub(crate) fn complete_rejected_sections(answer: &str, offer: &str) -> String {
     for section in sections {
         out.push_str("\r\nm=");
         let mut fields = section.split_whitespace();
-        let (Some(_kind), Some("0"), Some(_proto), Some(pt)) = (fields.next(), fields.next(), fields.next(), fields.next())
+        let (Some(_kind), Some("0"), Some(_proto), Some(pt)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             out.push_str(section);
             continue;

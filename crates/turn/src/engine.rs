@@ -160,7 +160,7 @@ const KNOWN: &[u16] = &[
 struct Allocation {
     relay: SocketAddr,
     username: String,
-    key: [u8; 16],
+    signer: Signer,
     /// The Allocate transaction, so a retransmission gets the same answer.
     txid: [u8; 12],
     expires: Instant,
@@ -175,10 +175,9 @@ struct Allocation {
 
 struct Pending {
     username: String,
-    key: [u8; 16],
+    signer: Signer,
     txid: [u8; 12],
     lifetime: Duration,
-    sha256: bool,
     /// EVEN-PORT with the R bit: the driver bound relay port + 1 too; hand out a token for it.
     reserve: bool,
 }
@@ -202,7 +201,20 @@ pub struct Engine {
 /// An authenticated request: who, and the key to sign the answer with.
 struct Auth {
     username: String,
+    signer: Signer,
+}
+
+/// How an answer to an authenticated request is signed: with the long-term key, after echoing the request's REALM
+/// and NONCE. RFC 8489 needs neither in a success response, but ZLMediaKit's ICE agent verifies a signed response
+/// with the long-term key only when the response itself carries REALM and NONCE (otherwise with the bare password,
+/// which fails, and its error path then closes the socket); its own TURN server answers the same way.
+#[derive(Clone)]
+struct Signer {
     key: [u8; 16],
+    realm: String,
+    nonce: String,
+    /// The request used MESSAGE-INTEGRITY-SHA256: so does the answer.
+    sha256: bool,
 }
 
 impl Engine {
@@ -319,14 +331,14 @@ impl Engine {
         let p = self.pending.remove(&client)?;
         let Ok(relay) = relay else {
             let resp = Builder::new(Class::Error, method::ALLOCATE, p.txid).error(508, "Insufficient Capacity");
-            return Some(to_client(client, seal(resp, &p.key, p.sha256)));
+            return Some(to_client(client, seal(resp, &p.signer)));
         };
         self.stats.allocations_total += 1;
         let budget = self.config.bandwidth.map(|rate| TokenBucket::new(rate, now));
         let alloc = Allocation {
             relay,
             username: p.username,
-            key: p.key,
+            signer: p.signer,
             txid: p.txid,
             expires: now + p.lifetime,
             permissions: HashMap::new(),
@@ -340,7 +352,7 @@ impl Engine {
             self.reservations.insert(token, (next, now + RESERVATION_LIFETIME));
             token
         });
-        let resp = allocate_success(client, &alloc, p.lifetime, p.sha256, token);
+        let resp = allocate_success(client, &alloc, p.lifetime, token);
         self.by_relay.insert(relay, client);
         self.allocations.insert(client, alloc);
         Some(to_client(client, resp))
@@ -398,10 +410,14 @@ impl Engine {
         if !msg.has_integrity() {
             return Err(self.challenge(msg, 401, "Unauthorized", unix));
         }
-        let (Some(username), Some(realm), Some(nonce)) =
-            (msg.text(attr::USERNAME), msg.text(attr::REALM), msg.text(attr::NONCE))
-        else {
+        let Some(username) = msg.text(attr::USERNAME) else {
             return Err(error(msg, 400, "Bad Request", None));
+        };
+        // Integrity without REALM and NONCE is a short-term credential. RFC 8489 §9.2.4 answers 400, but
+        // ZLMediaKit's ICE agent sends its CreatePermission and ChannelBind that way first and gives up on any answer
+        // but 401: the challenge tells it the realm and nonce to sign with, as it does for any other client.
+        let (Some(realm), Some(nonce)) = (msg.text(attr::REALM), msg.text(attr::NONCE)) else {
+            return Err(self.challenge(msg, 401, "Unauthorized", unix));
         };
         match self.nonces.check(nonce, unix) {
             NonceCheck::Valid => {}
@@ -410,7 +426,11 @@ impl Engine {
         }
         let key = (realm == self.config.realm).then(|| self.config.credentials.key(username, realm, unix)).flatten();
         match key {
-            Some(key) if msg.verify(&key) == Integrity::Valid => Ok(Auth { username: username.to_owned(), key }),
+            Some(key) if msg.verify(&key) == Integrity::Valid => {
+                let signer =
+                    Signer { key, realm: realm.to_owned(), nonce: nonce.to_owned(), sha256: msg.uses_sha256() };
+                Ok(Auth { username: username.to_owned(), signer })
+            }
             _ => {
                 self.stats.auth_failures += 1;
                 Err(self.challenge(msg, 401, "Unauthorized", unix))
@@ -433,7 +453,7 @@ impl Engine {
             // A retransmitted Allocate gets the original answer; any other is a mismatch.
             if alloc.txid == msg.transaction_id() {
                 let left = alloc.expires.saturating_duration_since(now);
-                return Some(to_client(from, allocate_success(from, alloc, left, msg.uses_sha256(), None)));
+                return Some(to_client(from, allocate_success(from, alloc, left, None)));
             }
             let auth = match self.authenticate(now, msg) {
                 Ok(a) => a,
@@ -454,7 +474,7 @@ impl Engine {
             let b = Builder::new(Class::Error, msg.method(), msg.transaction_id())
                 .error(420, "Unknown Attribute")
                 .attr(attr::UNKNOWN_ATTRIBUTES, &list);
-            return Some(to_client(from, seal(b, &auth.key, msg.uses_sha256())));
+            return Some(to_client(from, seal(b, &auth.signer)));
         }
         let fail = |code, reason| Some(to_client(from, error(msg, code, reason, Some(&auth))));
         match msg.get(attr::REQUESTED_TRANSPORT) {
@@ -488,10 +508,9 @@ impl Engine {
         };
         let pending = Pending {
             username: auth.username,
-            key: auth.key,
+            signer: auth.signer,
             txid: msg.transaction_id(),
             lifetime: self.lifetime(msg),
-            sha256: msg.uses_sha256(),
             reserve: matches!(port, PortRequest::Even { reserve_next: true }),
         };
         self.pending.insert(from, pending);
@@ -524,7 +543,7 @@ impl Engine {
         };
         let b = Builder::new(Class::Success, method::REFRESH, msg.transaction_id())
             .u32(attr::LIFETIME, granted.as_secs() as u32);
-        to_client(from, seal(b, &auth.key, msg.uses_sha256()))
+        to_client(from, seal(b, &auth.signer))
     }
 
     /// Checks auth and that the client's allocation exists and belongs to the same user.
@@ -551,13 +570,15 @@ impl Engine {
             return to_client(from, error(msg, 403, "Forbidden", Some(&auth)));
         }
         let expires = now + self.config.permission_lifetime;
+        let keep_until = now + self.config.default_lifetime;
         if let Some(alloc) = self.allocations.get_mut(&from) {
             for p in peers {
                 alloc.permissions.insert(p.ip(), expires);
             }
+            alloc.keep_alive(keep_until);
         }
         let b = Builder::new(Class::Success, method::CREATE_PERMISSION, msg.transaction_id());
-        to_client(from, seal(b, &auth.key, msg.uses_sha256()))
+        to_client(from, seal(b, &auth.signer))
     }
 
     fn channel_bind<'a>(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Transmit<'a> {
@@ -577,6 +598,7 @@ impl Engine {
             return to_client(from, error(msg, 403, "Forbidden", Some(&auth)));
         }
         let (channel_life, permission_life) = (self.config.channel_lifetime, self.config.permission_lifetime);
+        let keep_until = now + self.config.default_lifetime;
         let Some(alloc) = self.allocations.get_mut(&from) else {
             return to_client(from, error(msg, 437, "Allocation Mismatch", Some(&auth)));
         };
@@ -588,8 +610,9 @@ impl Engine {
         alloc.channels.insert(channel, (peer, now + channel_life));
         alloc.channel_of.insert(peer, channel);
         alloc.permissions.insert(peer.ip(), now + permission_life);
+        alloc.keep_alive(keep_until);
         let b = Builder::new(Class::Success, method::CHANNEL_BIND, msg.transaction_id());
-        to_client(from, seal(b, &auth.key, msg.uses_sha256()))
+        to_client(from, seal(b, &auth.signer))
     }
 
     fn send_indication<'a>(&mut self, now: Instant, from: Client, msg: &Message<'a>) -> Option<Transmit<'a>> {
@@ -625,6 +648,13 @@ impl Engine {
 }
 
 impl Allocation {
+    /// An authenticated CreatePermission or ChannelBind keeps the allocation for at least the default lifetime.
+    /// RFC 8656 leaves that to Refresh, which ZLMediaKit's ICE agent never sends: it refreshes its permissions every
+    /// few minutes instead, so without this its relayed calls would break when the first lifetime ran out.
+    fn keep_alive(&mut self, until: Instant) {
+        self.expires = self.expires.max(until);
+    }
+
     /// Whether a live permission covers `ip`.
     fn permits(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.get(&ip).is_some_and(|exp| *exp > now)
@@ -636,13 +666,7 @@ impl Allocation {
     }
 }
 
-fn allocate_success(
-    client: Client,
-    alloc: &Allocation,
-    lifetime: Duration,
-    sha256: bool,
-    token: Option<[u8; 8]>,
-) -> Vec<u8> {
+fn allocate_success(client: Client, alloc: &Allocation, lifetime: Duration, token: Option<[u8; 8]>) -> Vec<u8> {
     let mut b = Builder::new(Class::Success, method::ALLOCATE, alloc.txid)
         .xor_address(attr::XOR_RELAYED_ADDRESS, alloc.relay)
         .u32(attr::LIFETIME, lifetime.as_secs() as u32)
@@ -650,12 +674,13 @@ fn allocate_success(
     if let Some(token) = token {
         b = b.attr(attr::RESERVATION_TOKEN, &token);
     }
-    seal(b, &alloc.key, sha256)
+    seal(b, &alloc.signer)
 }
 
-/// Adds the integrity attribute the request used, then FINGERPRINT.
-fn seal(b: Builder, key: &[u8], sha256: bool) -> Vec<u8> {
-    let b = if sha256 { b.integrity_sha256(key) } else { b.integrity(key) };
+/// Adds REALM and NONCE (see [`Signer`]), the integrity attribute the request used, then FINGERPRINT.
+fn seal(b: Builder, signer: &Signer) -> Vec<u8> {
+    let b = b.attr(attr::REALM, signer.realm.as_bytes()).attr(attr::NONCE, signer.nonce.as_bytes());
+    let b = if signer.sha256 { b.integrity_sha256(&signer.key) } else { b.integrity(&signer.key) };
     b.fingerprint().finish()
 }
 
@@ -663,7 +688,7 @@ fn seal(b: Builder, key: &[u8], sha256: bool) -> Vec<u8> {
 fn error(msg: &Message<'_>, code: u16, reason: &str, auth: Option<&Auth>) -> Vec<u8> {
     let b = Builder::new(Class::Error, msg.method(), msg.transaction_id()).error(code, reason);
     match auth {
-        Some(a) => seal(b, &a.key, msg.uses_sha256()),
+        Some(a) => seal(b, &a.signer),
         None => b.fingerprint().finish(),
     }
 }

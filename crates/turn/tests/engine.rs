@@ -187,7 +187,9 @@ fn binding_answers_with_the_mapped_address() {
 
 /// FINGERPRINT is the last attribute of `resp`, and checks out (parse verifies it).
 fn ends_with_fingerprint(resp: &[u8]) -> bool {
-    Message::parse(resp).is_ok() && resp.len() >= 28 && resp[resp.len() - 8..resp.len() - 6] == attr::FINGERPRINT.to_be_bytes()
+    Message::parse(resp).is_ok()
+        && resp.len() >= 28
+        && resp[resp.len() - 8..resp.len() - 6] == attr::FINGERPRINT.to_be_bytes()
 }
 
 /// ZLMediaKit's ICE agent drops (and then tears down its socket on) any answer without FINGERPRINT, even to a
@@ -214,6 +216,77 @@ fn every_answer_carries_a_fingerprint_whether_or_not_the_request_had_one() {
     let denied = w.request(&c, World::seal(&c, b));
     assert_eq!(Message::parse(&denied).unwrap().error_code(), Some(403));
     assert!(ends_with_fingerprint(&denied));
+}
+
+/// What ZLMediaKit's ICE agent does as a TURN client (its `webrtc/IceTransport.cpp`), step by step:
+/// - its CreatePermission and ChannelBind go out first with USERNAME and an integrity keyed by the bare password,
+///   no REALM or NONCE, and it gives up on any answer but a 401 carrying both;
+/// - it checks a signed success answer with the long-term key only when the answer carries REALM and NONCE;
+/// - it never sends Refresh, only CreatePermission again every four minutes.
+#[test]
+fn a_zlmediakit_style_turn_client_gets_challenged_signed_answers_and_a_living_allocation() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 7200);
+    let relay = w.allocate(&mut c);
+    let password = ephemeral_password(SECRET, &c.user);
+
+    // The Allocate success already echoes REALM and NONCE next to its integrity (a second client, same dance).
+    let mut c2 = w.client(1001, Transport::Udp, 7200);
+    c2.nonce = c.nonce.clone();
+    let resp = w.allocate_again(&c2);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(
+        (m.class(), m.text(attr::REALM), m.text(attr::NONCE)),
+        (Class::Success, Some(REALM), Some(c.nonce.as_str()))
+    );
+    assert_eq!(m.verify(&c2.key), switchboard_turn::stun::Integrity::Valid);
+    let relay2 = m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+
+    // Short-term first try: 401 with REALM and NONCE (not 400), and not counted as a failed login.
+    for method in [method::CREATE_PERMISSION, method::CHANNEL_BIND] {
+        let b = Builder::new(Class::Request, method, rand::random())
+            .attr(attr::USERNAME, c.user.as_bytes())
+            .u32(attr::CHANNEL_NUMBER, 0x4000 << 16)
+            .xor_address(attr::XOR_PEER_ADDRESS, addr(PEER))
+            .integrity(password.as_bytes())
+            .fingerprint();
+        let resp = w.request(&c, b);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.error_code(), Some(401), "method {method:#x}");
+        assert_eq!(m.text(attr::REALM), Some(REALM));
+        assert!(m.text(attr::NONCE).is_some_and(|n| !n.is_empty()));
+    }
+    assert_eq!(w.engine.stats().auth_failures, 0);
+
+    // The long-term retry succeeds, and the success carries REALM, NONCE, then integrity under the long-term key.
+    for b in [
+        w.signed(&c, method::CREATE_PERMISSION).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER)),
+        w.signed(&c, method::CHANNEL_BIND)
+            .u32(attr::CHANNEL_NUMBER, 0x4000 << 16)
+            .xor_address(attr::XOR_PEER_ADDRESS, addr(PEER)),
+    ] {
+        let resp = w.request(&c, World::seal(&c, b));
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{:?}", m.error_code());
+        assert_eq!((m.text(attr::REALM), m.text(attr::NONCE)), (Some(REALM), Some(c.nonce.as_str())));
+        assert_eq!(m.verify(&c.key), switchboard_turn::stun::Integrity::Valid);
+        assert!(ends_with_fingerprint(&resp));
+    }
+
+    // No Refresh ever, a CreatePermission every four minutes: the allocation outlives its 10-minute lifetime.
+    for _ in 0..10 {
+        w.advance(Duration::from_secs(240));
+        assert_eq!(w.permit(&c, addr(PEER)), None);
+    }
+    assert_eq!(w.engine.allocation_count(), 1, "40 minutes on, kept alive by its permissions");
+    assert_eq!(w.engine.poll_event(), Some(Event::ReleaseRelay { relay: relay2 }), "c2 never refreshed");
+    assert!(w.send(&c, addr(PEER), b"x").is_some());
+    // Silence: it goes one default lifetime after the last permission.
+    w.advance(Duration::from_secs(599));
+    assert_eq!(w.engine.allocation_count(), 1);
+    w.advance(Duration::from_secs(2));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.engine.poll_event(), Some(Event::ReleaseRelay { relay }));
 }
 
 #[test]

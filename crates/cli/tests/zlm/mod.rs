@@ -60,7 +60,12 @@ fn sh(cmd: &str) {
 pub fn enter_private_network() {
     // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace; it touches no memory.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed ({}): the ZLMediaKit tests need root", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET) failed ({}): the ZLMediaKit tests need root",
+        std::io::Error::last_os_error()
+    );
     sh("ip link set lo up");
     sh(&format!(
         "ip link add t0 type veth peer name t1 && ip addr add {HOST}/24 dev t0 && ip link set t0 up && ip link set t1 up"
@@ -106,7 +111,9 @@ impl Proc {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let (tx, lines) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -185,9 +192,11 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str, headers: &str, timeout: 
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path_and_query}: no head in {text:?}"));
+    let (head, body) =
+        text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path_and_query}: no head in {text:?}"));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
@@ -327,9 +336,19 @@ impl Switchboard {
         let listen = format!("{HOST}:{}", free_port());
         let turn = format!("{HOST}:{}", free_port());
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", &listen, "--turn-listen", &turn, "--external-ip", HOST, "--admin-secret", ADMIN])
-            .args(extra)
-            .env("SWITCHBOARD_LOG", "info,switchboard_server::turn=debug");
+        cmd.args([
+            "serve",
+            "--listen",
+            &listen,
+            "--turn-listen",
+            &turn,
+            "--external-ip",
+            HOST,
+            "--admin-secret",
+            ADMIN,
+        ])
+        .args(extra)
+        .env("SWITCHBOARD_LOG", "info,switchboard_server::turn=debug");
         let mut proc = Proc::spawn("switchboard serve", cmd);
         proc.wait_line(Duration::from_secs(10), |l| l.contains("signaling listening"));
         proc.wait_line(Duration::from_secs(10), |l| l.contains("turn listening"));
