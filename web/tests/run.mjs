@@ -9,6 +9,10 @@
 //
 // Options: --switchboard PATH (required), --chromium PATH (/usr/bin/chromium), --artifacts DIR
 // (<repo>/target/browser-artifacts), --only NAME[,NAME…]. Every wait has a deadline; nothing sleeps and hopes.
+//
+// With --zlm PATH (a ZLMediaKit MediaServer) --host ADDR, it runs the ZLMediaKit cases instead: the demo page against
+// a real ZLMediaKit room keeper, puller and signaling server. MediaServer never uses `lo` for ICE, so those run in a
+// namespace that also holds a veth pair with ADDR on it (crates/cli/tests/browser.rs makes it).
 
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -18,13 +22,22 @@ import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
+import { freePort, startZlm } from "./zlm.mjs";
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "../..");
 
 // ---- options ----------------------------------------------------------------------------------------------------
 
 function parseArgs(argv) {
-  const opts = { switchboard: null, chromium: "/usr/bin/chromium", artifacts: path.join(repo, "target/browser-artifacts"), only: null };
+  const opts = {
+    switchboard: null,
+    chromium: "/usr/bin/chromium",
+    artifacts: path.join(repo, "target/browser-artifacts"),
+    only: null,
+    zlm: null,
+    host: "127.0.0.1",
+  };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s, 2);
     const value = () => inline ?? argv[++i];
@@ -40,6 +53,12 @@ function parseArgs(argv) {
         break;
       case "--only":
         opts.only = value().split(",").filter(Boolean);
+        break;
+      case "--zlm":
+        opts.zlm = value();
+        break;
+      case "--host":
+        opts.host = value();
         break;
       default:
         fail(`unknown argument ${argv[i]}`);
@@ -66,7 +85,10 @@ const interfaces = readFileSync("/proc/self/net/dev", "utf8")
   .slice(2)
   .map((l) => l.split(":")[0].trim())
   .filter(Boolean);
-if (interfaces.some((i) => i !== "lo")) {
+// The ZLMediaKit cases add the veth pair t0/t1 (no other interface exists in such a namespace either).
+const allowed = opts.zlm ? ["lo", "t0", "t1"] : ["lo"];
+if (opts.zlm && !existsSync(opts.zlm)) fail(`MediaServer not found at ${opts.zlm}`);
+if (interfaces.some((i) => !allowed.includes(i))) {
   fail(
     `not inside a private network namespace (interfaces: ${interfaces.join(", ")}); run: ` +
       `unshare -n sh -c 'ip link set lo up && exec node ${path.relative(process.cwd(), fileURLToPath(import.meta.url))} …'`,
@@ -169,11 +191,12 @@ let server = null;
 async function startServer(at = {}) {
   const args = [
     "serve",
-    "--listen", at.listen ?? "127.0.0.1:0",
-    "--turn-listen", at.turnListen ?? "127.0.0.1:0",
-    "--external-ip", "127.0.0.1",
-    "--turn-allow-peer", "127.0.0.0/8",
-    ...(at.tls ? ["--dev-tls", "--tls-listen", "127.0.0.1:0"] : []),
+    "--listen", at.listen ?? `${opts.host}:0`,
+    "--turn-listen", at.turnListen ?? `${opts.host}:0`,
+    "--external-ip", opts.host,
+    // Relayed test calls reach peers on this host, which the default peer policy denies (loopback, 10/8).
+    "--turn-allow-peer", opts.host === "127.0.0.1" ? "127.0.0.0/8" : `${opts.host}/32`,
+    ...(at.tls ? ["--dev-tls", "--tls-listen", `${opts.host}:0`] : []),
   ];
   // The listeners log in this order: signaling ("signaling listening addr=…"), wss (with TLS), then TURN.
   let addr = null;
@@ -223,7 +246,13 @@ const CHROMIUM_FLAGS = [
 
 async function launchBrowser() {
   // playwright-core gives every launch a fresh temporary --user-data-dir (and refuses one in `args`).
-  browser = await chromium.launch({ executablePath: opts.chromium, headless: true, args: CHROMIUM_FLAGS, timeout: 30_000 });
+  // The ZLMediaKit cases run on a veth address, as a real network would: no loopback candidates there (MediaServer
+  // has none either). And getUserMedia needs a secure context: localhost is one, that address is not.
+  const args = opts.host === "127.0.0.1"
+    ? CHROMIUM_FLAGS
+    : [...CHROMIUM_FLAGS.filter((f) => f !== "--allow-loopback-in-peer-connection"),
+      `--unsafely-treat-insecure-origin-as-secure=http://${server.addr}`];
+  browser = await chromium.launch({ executablePath: opts.chromium, headless: true, args, timeout: 30_000 });
   note(`[browser] ${browser.version()}`);
 }
 
@@ -513,12 +542,171 @@ const cases = [
   },
 ];
 
+// ---- the ZLMediaKit cases (--zlm) ------------------------------------------------------------------------------
+
+/** MediaServers started by the current case, stopped after it. */
+let caseZlms = [];
+
+/**
+ * Starts a MediaServer for the current case.
+ * @param {string} name @param {[number, number]} ports Its WebRTC UDP port range. @param {string[]} [rtc] `[rtc]` lines.
+ */
+async function zlm(name, ports, rtc = []) {
+  const z = await startZlm({ bin: /** @type {string} */ (opts.zlm), host: opts.host, name, ports, rtc, note });
+  caseZlms.push(z);
+  return z;
+}
+
+async function stopZlms() {
+  const all = caseZlms;
+  caseZlms = [];
+  await Promise.all(all.map((z) => z.stop()));
+}
+
+const serverPort = () => Number(server.addr.split(":").pop());
+
+/**
+ * Polls `probe` until it returns something truthy (returned), or throws at the deadline with the last error.
+ * @template T @param {string} what @param {number} ms @param {() => Promise<T>} probe @returns {Promise<T>}
+ */
+async function waitFor(what, ms, probe) {
+  const deadline = Date.now() + ms;
+  let last = null;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms / 1000} s${last ? ` (last error: ${last})` : ""}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The guests ZLMediaKit's keeper lists for `roomId` (one per call in progress). */
+async function keeperGuests(keeper, roomId) {
+  const v = await keeper.ok("listWebrtcRoomKeepers");
+  return (v.data ?? []).filter((/** @type {any} */ r) => r.room_id === roomId).flatMap((/** @type {any} */ r) => r.guests ?? []);
+}
+
+/** Registers `roomId` on `host:port` from ZLMediaKit's keeper, serving `live/{roomId}` (the stream a caller names). */
+async function keeperRoom(keeper, host, port, roomId) {
+  await keeper.loadClip(roomId);
+  await keeper.ok("addWebrtcRoomKeeper", { server_host: host, server_port: port, room_id: roomId, ssl: 0 });
+}
+
+/** Plays `roomId` in `p`'s page with the SDK alone, against the signaling server at `url`. */
+async function sdkPlay(p, url, roomId, relayOnly = false) {
+  await p.page.evaluate(
+    async ({ url, roomId, relayOnly }) => {
+      const sdk = await import("/switchboard.js");
+      // @ts-ignore: test hook.
+      window.sdkPlayback = await sdk.play(roomId, { url, relayOnly });
+    },
+    { url, roomId, relayOnly },
+  );
+  note(`[${p.label}] SDK playing ${roomId} via ${url}${relayOnly ? " (relay only)" : ""}`);
+  const stats = () => p.page.evaluate(async () => /** @type {any} */ (window).sdkPlayback.stats());
+  const first = await waitFor(`${p.label}: decoded frames`, 20_000, async () => ((await stats()).framesDecoded > 0 ? await stats() : null));
+  const last = await waitFor(`${p.label}: frames keep rising`, 10_000, async () => {
+    const s = await stats();
+    return s.framesDecoded >= first.framesDecoded + 15 ? s : null;
+  });
+  note(`[${p.label}] framesDecoded ${last.framesDecoded}, path ${last.localCandidateType} → ${last.remoteCandidateType}`);
+  return last;
+}
+
+const zlmCases = [
+  {
+    name: "zlm-keeper-to-demo-page",
+    about: "the demo page plays a ZLMediaKit keeper's room through switchboard; the path indicator says host, then relay",
+    async run() {
+      const keeper = await zlm("keeper", [42000, 42999]);
+      const r = room("zlmcam");
+      await keeperRoom(keeper, opts.host, serverPort(), r);
+      const viewer = await openDemo("viewer");
+      await playFrom(viewer, r);
+      await expectFramesRising(viewer);
+      const direct = await viewer.page.textContent("#stat-path");
+      assert(direct === "host → host", `the page shows the direct path, got ${direct}`);
+      const relayed = await openDemo("relay-viewer", { relay: true });
+      await playFrom(relayed, r);
+      await expectFramesRising(relayed);
+      const via = await relayed.page.textContent("#stat-path");
+      assert(via?.startsWith("relay → "), `the page shows the relayed path, got ${via}`);
+      await waitFor("two guests on the keeper", 10_000, async () => (await keeperGuests(keeper, r)).length === 2);
+      // Stop on one page: its bye reaches the keeper, which drops that guest.
+      await viewer.page.click("#play-button");
+      await waitFor("the keeper drops the stopped viewer", 10_000, async () => (await keeperGuests(keeper, r)).length === 1);
+      await viewer.page.screenshot({ path: path.join(opts.artifacts, "zlm-keeper.png"), fullPage: true });
+    },
+  },
+  {
+    name: "demo-page-publish-to-zlm-puller",
+    about: "the demo page publishes; ZLMediaKit's P2P puller pulls that room through switchboard, frames growing",
+    async run() {
+      const r = room("browsercam");
+      const pub = await openDemo("publisher");
+      await publishFrom(pub, r);
+      const puller = await zlm("puller", [43000, 43999]);
+      const url = `webrtc://${opts.host}:${serverPort()}/live/${r}?signaling_protocols=1&peer_room_id=${r}`;
+      const v = await puller.call("addStreamProxy", { vhost: "__defaultVhost__", app: "live", stream: r, url, retry_count: 0, timeout_sec: 20 });
+      assert(v.code === 0, `the pull failed: ${JSON.stringify(v)}`);
+      const first = await waitFor("the puller's video", 20_000, async () => {
+        const t = await puller.video(r);
+        return t && t.frames >= 10 ? t : null;
+      });
+      const later = await waitFor("the puller's frames keep growing", 10_000, async () => {
+        const t = await puller.video(r);
+        return t && t.frames > first.frames ? t : null;
+      });
+      note(`[puller] live/${r}: ${later.codec}, ${later.frames} frames`);
+      await waitViewers(pub, 1);
+      await puller.ok("delStreamProxy", { key: `__defaultVhost__/live/${r}` });
+      await waitViewers(pub, 0);
+    },
+  },
+  {
+    name: "sdk-on-zlm-signaling",
+    about: "the SDK against a ZLMediaKit signaling server: browser to browser, over its TURN, and a ZLMediaKit keeper",
+    async run() {
+      const [signaling, ice] = [await freePort(opts.host), await freePort(opts.host)];
+      const z = await zlm("signaling", [44000, 44999], [`signalingPort=${signaling}`, `icePort=${ice}`, `iceTcpPort=${ice}`]);
+      const url = `ws://${opts.host}:${signaling}/signaling`;
+      const r = room("onzlm");
+      const pub = await openDemo("publisher");
+      await pub.page.evaluate(
+        async ({ url, r }) => {
+          const sdk = await import("/switchboard.js");
+          const media = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+          // @ts-ignore: test hook.
+          window.sdkPublication = await sdk.publish(r, media, { url });
+        },
+        { url, r },
+      );
+      const viewer = await openDemo("viewer");
+      const direct = await sdkPlay(viewer, url, r);
+      assert(direct.localCandidateType === "host", `direct path, got ${direct.localCandidateType}`);
+      const relayed = await openDemo("relay-viewer");
+      const via = await sdkPlay(relayed, url, r, true);
+      assert(via.localCandidateType === "relay", `relayed through ZLMediaKit's TURN, got ${via.localCandidateType}`);
+      // A ZLMediaKit keeper on ZLMediaKit's own signaling, played by the SDK.
+      const k = room("zlmkeeper");
+      await keeperRoom(z, opts.host, signaling, k);
+      await sdkPlay(await openDemo("keeper-viewer"), url, k);
+    },
+  },
+].map((c) => ({ ...c, zlm: true }));
+cases.push(...zlmCases);
+
 // ---- runner -----------------------------------------------------------------------------------------------------
 
 async function cleanup() {
   clearTimeout(suiteTimer);
   await closePages().catch(() => {});
   await stopCaseProcs().catch(() => {});
+  await stopZlms().catch(() => {});
   if (clipPath) rmSync(path.dirname(clipPath), { recursive: true, force: true });
   await browser?.close().catch(() => {});
   await stopServer().catch(() => {});
@@ -535,8 +723,10 @@ async function withDeadline(promise, ms, what) {
 }
 
 async function main() {
-  const selected = opts.only ? cases.filter((c) => opts.only.includes(c.name)) : cases;
-  if (opts.only && selected.length !== opts.only.length) fail(`unknown case in --only; cases: ${cases.map((c) => c.name).join(", ")}`);
+  // With --zlm only the ZLMediaKit cases run (their network is not loopback alone), without it only the others.
+  const suite = cases.filter((c) => Boolean(c.zlm) === Boolean(opts.zlm));
+  const selected = opts.only ? suite.filter((c) => opts.only.includes(c.name)) : suite;
+  if (opts.only && selected.length !== opts.only.length) fail(`unknown case in --only; cases: ${suite.map((c) => c.name).join(", ")}`);
   let passed = 0;
   let failed = 0;
   let skipped = 0;
@@ -576,6 +766,7 @@ async function main() {
     }
     await closePages();
     await stopCaseProcs();
+    await stopZlms();
   }
   await cleanup();
   const total = ((Date.now() - suiteStart) / 1000).toFixed(1);

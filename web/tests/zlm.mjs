@@ -100,11 +100,14 @@ export async function startZlm(o) {
     child,
     call,
     ok,
-    /** Serves `live/{stream}` from a looped 20 s H.264 MP4 made with ffmpeg. */
+    /**
+     * Serves `live/{stream}` from a looped 20 s H.264 MP4 made with ffmpeg: baseline profile, as a camera sends (no
+     * B-frames: WebRTC's H.264 decoders in browsers expect none, and stall after the first keyframe otherwise).
+     */
     async loadClip(/** @type {string} */ stream) {
       const file = path.join(dir, `${stream}.mp4`);
       const args = ["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "20",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", file];
+        "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0", "-g", "25", "-pix_fmt", "yuv420p", file];
       const r = spawnSync("ffmpeg", args, { encoding: "utf8", timeout: 60_000 });
       if (r.status !== 0) throw new Error(`ffmpeg failed: ${r.error ?? r.stderr}`);
       await ok("loadMP4File", { vhost: "__defaultVhost__", app: "live", stream, file_path: file, file_repeat: 1 });

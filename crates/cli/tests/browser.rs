@@ -5,16 +5,23 @@
 //! - `demo_page_in_chromium`: `web/tests/run.mjs` starts this crate's `switchboard` binary and drives Debian's Chromium
 //!   through the demo page the binary serves, asserting that decoded video frames keep rising. It runs inside a private
 //!   network namespace (`unshare -n`, loopback up), so WebRTC gathers and probes loopback only.
+//! - `demo_page_and_sdk_with_zlmediakit_in_chromium`: the same suite's ZLMediaKit cases (`run.mjs --zlm`) against a real
+//!   MediaServer (keeper, puller, signaling server), in a namespace that also holds a veth pair, since MediaServer never
+//!   uses `lo` for ICE. Skipped with a message without a MediaServer, a failure under CI (see `zlm/mod.rs`).
 //!
 //! Invariants: every child runs in its own process group and is killed (the whole group) at its deadline; a failure
 //! shows the child's full output; missing prerequisites (node, Chromium, `unshare`) fail with a message saying what
-//! to install, never skip. `node_modules` is installed with `npm ci` when missing.
+//! to install, never skip. `node_modules` is installed with `npm ci` when missing. The two Chromium suites take turns
+//! (one lock): on two cores, two browsers plus their media servers at once would only make both slower.
+
+#[allow(dead_code)] // the browser tests use only the MediaServer lookup of the ZLMediaKit harness
+mod zlm;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -123,29 +130,53 @@ fn sdk_and_demo_type_check() {
     check("tsc -p web/tests (JSDoc types of switchboard.js and demo.js)", status, &output, start);
 }
 
-#[test]
-fn demo_page_in_chromium() {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium; scripts/test.sh installs it)"
-    );
-    node_modules();
-    // Root (as CI) makes a network namespace directly; anyone else through a user namespace.
-    let unshare_flags = if Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
+/// One Chromium suite at a time.
+static CHROMIUM_TURN: Mutex<()> = Mutex::new(());
+
+/// The `unshare` flags that make a network namespace here: root (as CI) directly, anyone else via a user namespace.
+fn unshare_flags() -> &'static str {
+    if Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
         "-n"
     } else if Command::new("unshare").args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
         "-rn"
     } else {
         panic!("cannot create a network namespace with `unshare -n` (needs root) or `unshare -rn` (user namespaces)");
-    };
+    }
+}
+
+/// Runs `web/tests/run.mjs` with `args` inside a fresh network namespace prepared by `net_setup` (shell commands).
+fn browser_suite(what: &str, net_setup: &str, args: &str) {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium; scripts/test.sh installs it)"
+    );
+    node_modules();
+    let _turn = CHROMIUM_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let artifacts = repo().join("target/browser-artifacts");
     let script = format!(
-        "ip link set lo up && exec node web/tests/run.mjs --switchboard '{BIN}' --chromium '{CHROMIUM}' --artifacts '{}'",
+        "{net_setup} && exec node web/tests/run.mjs --switchboard '{BIN}' --chromium '{CHROMIUM}' --artifacts '{}' {args}",
         artifacts.display()
     );
     let mut cmd = Command::new("unshare");
-    cmd.args([unshare_flags, "sh", "-c", &script]).current_dir(repo());
+    cmd.args([unshare_flags(), "sh", "-c", &script]).current_dir(repo());
     let start = Instant::now();
     let (status, output) = run(cmd, BROWSER_DEADLINE);
-    check("the browser suite (web/tests/run.mjs in Chromium)", status, &output, start);
+    check(what, status, &output, start);
+}
+
+#[test]
+fn demo_page_in_chromium() {
+    browser_suite("the browser suite (web/tests/run.mjs in Chromium)", "ip link set lo up", "");
+}
+
+#[test]
+fn demo_page_and_sdk_with_zlmediakit_in_chromium() {
+    let Some(media_server) = zlm::prerequisites("demo_page_and_sdk_with_zlmediakit_in_chromium") else { return };
+    let host = zlm::HOST;
+    let veth = format!(
+        "ip link set lo up && ip link add t0 type veth peer name t1 && ip addr add {host}/24 dev t0 && \
+         ip link set t0 up && ip link set t1 up"
+    );
+    let args = format!("--zlm '{}' --host {host}", media_server.display());
+    browser_suite("the browser suite's ZLMediaKit cases (web/tests/run.mjs --zlm in Chromium)", &veth, &args);
 }
