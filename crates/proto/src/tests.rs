@@ -131,6 +131,10 @@ fn missing_fields_are_named_in_order() {
     }
     let cand = json!({"class":"indication","method":"candidate","transaction_id":"t","guest_id":"g","room_id":"r"});
     assert_eq!(reject_of(cand)["reason"], "missing field \"candidate\"");
+    // An empty candidate (a browser's end-of-candidates) is missing too: ZLMediaKit closes the socket on one.
+    let empty = json!({"class":"indication","method":"candidate","transaction_id":"t","guest_id":"g","room_id":"r",
+        "candidate":"","ufrag":"u","pwd":"p"});
+    assert_eq!(reject_of(empty)["reason"], "missing field \"candidate\"");
     let unreg = json!({"class":"request","method":"unregister","transaction_id":"t","room_id":null});
     assert_eq!(code_of(unreg), "missing_field");
 }

@@ -168,6 +168,11 @@ impl Collector for TurnCollector {
             ("turn_dropped_packets", "Packets dropped (no permission, over the bandwidth cap)", s.packets_dropped),
             ("turn_denied_permissions", "Permissions refused by the peer policy", s.permissions_denied),
             ("turn_auth_failures", "Requests with bad credentials", s.auth_failures),
+            (
+                "turn_auth_failures_unanswered",
+                "Requests with bad credentials left unanswered (the client was told often enough)",
+                s.auth_failures_unanswered,
+            ),
         ];
         for (name, help, value) in counters {
             let c = ConstCounter::new(value);

@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::credentials::{Credentials, NonceCheck, Nonces};
+use crate::failure_limit::FailureLimit;
 use crate::policy::PeerPolicy;
 use crate::stun::{attr, method, Builder, Class, Integrity, Message};
 
@@ -126,6 +127,8 @@ pub struct Stats {
     pub packets_dropped: u64,
     pub permissions_denied: u64,
     pub auth_failures: u64,
+    /// Failed requests left unanswered: the client had been told often enough (see [`crate::failure_limit`]).
+    pub auth_failures_unanswered: u64,
 }
 
 /// Reserved room before a peer packet's payload, so it can become ChannelData in place.
@@ -196,6 +199,7 @@ pub struct Engine {
     reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     events: VecDeque<Event>,
     stats: Stats,
+    failures: FailureLimit,
 }
 
 /// An authenticated request: who, and the key to sign the answer with.
@@ -231,6 +235,7 @@ impl Engine {
             reservations: HashMap::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            failures: FailureLimit::default(),
         }
     }
 
@@ -260,7 +265,7 @@ impl Engine {
             }
         }
         let msg = Message::parse(buf).ok()?;
-        match (msg.class(), msg.method()) {
+        let answer = match (msg.class(), msg.method()) {
             (Class::Request, method::BINDING) => Some(self.binding(from, &msg)),
             (Class::Request, method::ALLOCATE) => self.allocate(now, from, &msg),
             (Class::Request, method::REFRESH) => Some(self.refresh(now, from, &msg)),
@@ -269,7 +274,9 @@ impl Engine {
             (Class::Indication, method::SEND) => self.send_indication(now, from, &msg),
             (Class::Request, _) => Some(to_client(from, error(&msg, 400, "Bad Request", None))),
             _ => None, // stray responses and unknown indications are ignored
-        }
+        };
+        // An empty answer is the "say nothing" of [`Engine::authenticate`]: no STUN message is empty.
+        answer.filter(|t| !matches!(t, Transmit::ToClient { data, .. } if data.is_empty()))
     }
 
     /// A datagram that reached relay address `relay` from `peer`. `buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + len]` is
@@ -360,6 +367,7 @@ impl Engine {
 
     /// Expires allocations, permissions and channels; call about once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.failures.expire(now);
         let expired: Vec<Client> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(c, _)| *c).collect();
         for client in expired {
             self.remove_allocation(client);
@@ -404,8 +412,9 @@ impl Engine {
         to_client(from, b.fingerprint().finish())
     }
 
-    /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send.
-    fn authenticate(&mut self, now: Instant, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
+    /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send; an empty one means send
+    /// nothing, the client having been told often enough that its credentials are wrong (`failure_limit`).
+    fn authenticate(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
         let unix = self.unix(now);
         if !msg.has_integrity() {
             return Err(self.challenge(msg, 401, "Unauthorized", unix));
@@ -433,6 +442,11 @@ impl Engine {
             }
             _ => {
                 self.stats.auth_failures += 1;
+                if !self.failures.allow(from, now) {
+                    // Told often enough (see `failure_limit`): an empty answer, which `handle_client` drops.
+                    self.stats.auth_failures_unanswered += 1;
+                    return Err(Vec::new());
+                }
                 Err(self.challenge(msg, 401, "Unauthorized", unix))
             }
         }
@@ -455,7 +469,7 @@ impl Engine {
                 let left = alloc.expires.saturating_duration_since(now);
                 return Some(to_client(from, allocate_success(from, alloc, left, None)));
             }
-            let auth = match self.authenticate(now, msg) {
+            let auth = match self.authenticate(now, from, msg) {
                 Ok(a) => a,
                 Err(resp) => return Some(to_client(from, resp)),
             };
@@ -464,7 +478,7 @@ impl Engine {
         if self.pending.contains_key(&from) {
             return None; // the relay socket for this client is being opened
         }
-        let auth = match self.authenticate(now, msg) {
+        let auth = match self.authenticate(now, from, msg) {
             Ok(a) => a,
             Err(resp) => return Some(to_client(from, resp)),
         };
@@ -548,7 +562,7 @@ impl Engine {
 
     /// Checks auth and that the client's allocation exists and belongs to the same user.
     fn allocation_for(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
-        let auth = self.authenticate(now, msg)?;
+        let auth = self.authenticate(now, from, msg)?;
         if self.allocations.get(&from).is_none_or(|a| a.username != auth.username) {
             return Err(error(msg, 437, "Allocation Mismatch", Some(&auth)));
         }

@@ -4,6 +4,7 @@
 //! - [`credentials`]: static and ephemeral (TURN REST API) long-term credentials, stateless nonces.
 //! - [`policy`]: which peers may be relayed to (deny-by-default for internal networks).
 //! - [`engine`]: allocations, permissions, channels; the driver feeds it packets and time.
+//! - [`failure_limit`]: how often one client hears that its credentials are wrong.
 //!
 //! Why not a crate: webrtc-rs `turn` has no TCP client transport, no MESSAGE-INTEGRITY-SHA256 and no peer address
 //! policy; `turn-server` (turn-rs) is a standalone server rather than an embeddable engine and lacks an allow/deny
@@ -12,6 +13,7 @@
 
 pub mod credentials;
 pub mod engine;
+pub mod failure_limit;
 pub mod policy;
 pub mod stun;
 

@@ -467,6 +467,49 @@ fn expired_or_wrong_credentials_are_refused() {
     assert!(w.engine.stats().auth_failures >= 2);
 }
 
+/// ZLMediaKit's agent answers every 401 by resending at once with the nonce it saw first, so a credential past its
+/// expiry would keep it looping at round-trip pace. A client hears "wrong credentials" a few times per window; its
+/// further failing requests get no answer (counted), and it is answered again in the next window.
+#[test]
+fn wrong_credentials_are_answered_a_few_times_per_window_then_not_at_all() {
+    use switchboard_turn::failure_limit::{ANSWERS, WINDOW};
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 5);
+    let first =
+        Builder::new(Class::Request, method::ALLOCATE, rand::random()).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    c.nonce = Message::parse(&w.request(&c, first)).unwrap().text(attr::NONCE).unwrap().to_owned();
+    w.advance(Duration::from_secs(6)); // the ephemeral credential has expired
+
+    let mut answered = 0;
+    for _ in 0..50 {
+        let b = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let raw = World::seal(&c, b).finish();
+        match w.engine.handle_client(w.now, c.who, &raw) {
+            Some(Transmit::ToClient { data, .. }) => {
+                assert_eq!(Message::parse(&data).unwrap().error_code(), Some(401));
+                answered += 1;
+            }
+            None => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answered, ANSWERS, "a few 401s, then silence");
+    let s = w.engine.stats();
+    assert_eq!((s.auth_failures, s.auth_failures_unanswered), (50, 50 - u64::from(ANSWERS)));
+
+    // Requests without integrity are still challenged, and so is another client meanwhile.
+    let bare =
+        Builder::new(Class::Request, method::ALLOCATE, rand::random()).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    assert_eq!(Message::parse(&w.request(&c, bare)).unwrap().error_code(), Some(401));
+    let mut other = w.client(1001, Transport::Udp, 600);
+    assert!(w.allocate(&mut other).port() > 0);
+
+    // Next window: answered again.
+    w.advance(WINDOW);
+    let b = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    assert_eq!(Message::parse(&w.request(&c, World::seal(&c, b))).unwrap().error_code(), Some(401));
+}
+
 #[test]
 fn sha256_integrity_is_accepted_and_answered_in_kind() {
     let mut w = World::new(|_| {});
