@@ -109,6 +109,49 @@ async fn udp_binding_allocate_and_default_denied_peers() {
     assert_eq!(server.turn.as_ref().unwrap().allocations(), 1);
 }
 
+/// The default peer policy through a running server, over real UDP, on an IPv4 and an IPv6 relay: every built-in
+/// denial and embedding form of `policy::examples` gets 403, a peer of the other family 443, public controls success.
+#[tokio::test]
+async fn every_denied_range_is_refused_and_public_peers_are_permitted_on_both_families() {
+    use switchboard_turn::policy::examples::{ALLOWED_V4, ALLOWED_V6, DENIED_V4, DENIED_V6};
+    for (host, denied, allowed, other) in
+        [("127.0.0.1", DENIED_V4, ALLOWED_V4, ALLOWED_V6), ("::1", DENIED_V6, ALLOWED_V6, ALLOWED_V4)]
+    {
+        let ip: std::net::IpAddr = host.parse().unwrap();
+        let (server, c) = server_and_creds(|c| {
+            c.turn.listen = SocketAddr::new(ip, 0);
+            c.turn.external_ips = vec![ip];
+        })
+        .await;
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
+        let nonce = nonce_over_udp(&sock, c.turn).await;
+        let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+        let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).expect("allocated");
+        assert_eq!(relay.ip(), ip);
+        let code = |resp: Vec<u8>| Message::parse(&resp).unwrap().error_code();
+        let mut channel = 0x4000u32;
+        for (list, expected) in [(denied, Some(403)), (other, Some(443)), (allowed, None)] {
+            for peer in list {
+                let peer = SocketAddr::new(peer.parse().unwrap(), 9);
+                let req =
+                    signed(&c, &nonce, method::CREATE_PERMISSION, |b| b.xor_address(attr::XOR_PEER_ADDRESS, peer));
+                assert_eq!(
+                    code(udp_round_trip(&sock, c.turn, req).await),
+                    expected,
+                    "CreatePermission {peer} on {relay}"
+                );
+                channel += 1;
+                let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
+                    b.u32(attr::CHANNEL_NUMBER, channel << 16).xor_address(attr::XOR_PEER_ADDRESS, peer)
+                });
+                assert_eq!(code(udp_round_trip(&sock, c.turn, req).await), expected, "ChannelBind {peer} on {relay}");
+            }
+        }
+        let stats = server.turn.as_ref().unwrap().stats();
+        assert_eq!(stats.permissions_denied, 2 * denied.len() as u64);
+    }
+}
+
 #[tokio::test]
 async fn allowed_loopback_peer_gets_relayed_data_over_udp() {
     let (server, c) = server_and_creds(|c| c.turn.allow_peers = vec!["127.0.0.0/8".parse().unwrap()]).await;

@@ -139,6 +139,10 @@ const CHANNEL_MIN: u16 = 0x4000;
 const CHANNEL_MAX: u16 = 0x7FFF;
 const UDP: u8 = 17;
 
+/// The request methods this engine serves (any other gets 400).
+const KNOWN_METHODS: &[u16] =
+    &[method::BINDING, method::ALLOCATE, method::REFRESH, method::CREATE_PERMISSION, method::CHANNEL_BIND];
+
 /// Attributes this engine understands (anything else comprehension-required gets 420).
 const KNOWN: &[u16] = &[
     attr::USERNAME,
@@ -265,6 +269,12 @@ impl Engine {
             }
         }
         let msg = Message::parse(buf).ok()?;
+        if msg.class() == Class::Request && KNOWN_METHODS.contains(&msg.method()) {
+            let unknown = msg.unknown_required(KNOWN);
+            if !unknown.is_empty() {
+                return self.unknown_attributes(now, from, &msg, unknown);
+            }
+        }
         let answer = match (msg.class(), msg.method()) {
             (Class::Request, method::BINDING) => Some(self.binding(from, &msg)),
             (Class::Request, method::ALLOCATE) => self.allocate(now, from, &msg),
@@ -412,6 +422,32 @@ impl Engine {
         to_client(from, b.fingerprint().finish())
     }
 
+    /// 420 listing the comprehension-required attributes of `msg` this engine does not know (RFC 8489 §6.3.1.1),
+    /// for every request method. Binding is answered unsigned, as always; the others after their credential check
+    /// (a client that cannot authenticate learns nothing more), signed.
+    fn unknown_attributes<'a>(
+        &mut self,
+        now: Instant,
+        from: Client,
+        msg: &Message<'_>,
+        mut unknown: Vec<u16>,
+    ) -> Option<Transmit<'a>> {
+        unknown.sort_unstable();
+        unknown.dedup();
+        let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
+        let b = Builder::new(Class::Error, msg.method(), msg.transaction_id())
+            .error(420, "Unknown Attribute")
+            .attr(attr::UNKNOWN_ATTRIBUTES, &list);
+        if msg.method() == method::BINDING {
+            return Some(to_client(from, b.fingerprint().finish()));
+        }
+        let answer = match self.authenticate(now, from, msg) {
+            Ok(auth) => seal(b, &auth.signer),
+            Err(resp) => resp,
+        };
+        (!answer.is_empty()).then(|| to_client(from, answer))
+    }
+
     /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send; an empty one means send
     /// nothing, the client having been told often enough that its credentials are wrong (`failure_limit`).
     fn authenticate(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
@@ -482,14 +518,6 @@ impl Engine {
             Ok(a) => a,
             Err(resp) => return Some(to_client(from, resp)),
         };
-        let unknown = msg.unknown_required(KNOWN);
-        if !unknown.is_empty() {
-            let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
-            let b = Builder::new(Class::Error, msg.method(), msg.transaction_id())
-                .error(420, "Unknown Attribute")
-                .attr(attr::UNKNOWN_ATTRIBUTES, &list);
-            return Some(to_client(from, seal(b, &auth.signer)));
-        }
         let fail = |code, reason| Some(to_client(from, error(msg, code, reason, Some(&auth))));
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => return fail(400, "Bad Request"),
@@ -560,6 +588,12 @@ impl Engine {
         to_client(from, seal(b, &auth.signer))
     }
 
+    /// Whether `peer` is of the address family of `client`'s relay (RFC 6156 §6.2: 443 otherwise). The family of
+    /// XOR-PEER-ADDRESS decides: an IPv4-mapped IPv6 peer is IPv6.
+    fn same_family(&self, client: Client, peer: SocketAddr) -> bool {
+        self.allocations.get(&client).is_some_and(|a| a.relay.is_ipv4() == peer.is_ipv4())
+    }
+
     /// Checks auth and that the client's allocation exists and belongs to the same user.
     fn allocation_for(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
         let auth = self.authenticate(now, from, msg)?;
@@ -579,6 +613,9 @@ impl Engine {
             return to_client(from, error(msg, 400, "Bad Request", Some(&auth)));
         }
         let peers: Vec<SocketAddr> = peers.into_iter().flatten().collect();
+        if peers.iter().any(|p| !self.same_family(from, *p)) {
+            return to_client(from, error(msg, 443, "Peer Address Family Mismatch", Some(&auth)));
+        }
         if peers.iter().any(|p| !self.config.policy.allows(p.ip())) {
             self.stats.permissions_denied += 1;
             return to_client(from, error(msg, 403, "Forbidden", Some(&auth)));
@@ -606,6 +643,9 @@ impl Engine {
         };
         if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
             return to_client(from, error(msg, 400, "Bad Request", Some(&auth)));
+        }
+        if !self.same_family(from, peer) {
+            return to_client(from, error(msg, 443, "Peer Address Family Mismatch", Some(&auth)));
         }
         if !self.config.policy.allows(peer.ip()) {
             self.stats.permissions_denied += 1;

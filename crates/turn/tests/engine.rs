@@ -17,6 +17,8 @@ struct World {
     t0: Instant,
     now: Instant,
     next_port: u16,
+    /// The address the "driver" binds relays on (IPv4 unless a test says otherwise).
+    relay_ip: std::net::IpAddr,
 }
 
 struct TestClient {
@@ -37,7 +39,13 @@ impl World {
         let mut config = EngineConfig::new(REALM, Credentials::Ephemeral { secret: SECRET.to_vec() }, policy);
         tweak(&mut config);
         let t0 = Instant::now();
-        World { engine: Engine::new(config, t0, UNIX0, [7; 32]), t0, now: t0, next_port: 50_000 }
+        World {
+            engine: Engine::new(config, t0, UNIX0, [7; 32]),
+            t0,
+            now: t0,
+            next_port: 50_000,
+            relay_ip: [203, 0, 113, 1].into(),
+        }
     }
 
     fn advance(&mut self, d: Duration) {
@@ -81,7 +89,7 @@ impl World {
             Some(Event::BindRelay { client, .. }) => {
                 assert_eq!(client, c.who);
                 self.next_port += 1;
-                let relay = SocketAddr::from(([203, 0, 113, 1], self.next_port));
+                let relay = SocketAddr::new(self.relay_ip, self.next_port);
                 match self.engine.relay_bound(self.now, client, Ok(relay)) {
                     Some(Transmit::ToClient { data, .. }) => data.into_owned(),
                     other => panic!("{other:?}"),
@@ -337,27 +345,45 @@ fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
     }
 }
 
+/// Every built-in denial and embedding form (`policy::examples`) gets 403 for CreatePermission and ChannelBind on an
+/// allocation of its family, a peer of the other family gets 443 (RFC 6156), and public controls are permitted and
+/// then really relayed to, so the refusals are not a blanket "no".
 #[test]
-fn denied_peers_are_refused_with_403() {
-    let mut w = World::new(|c| c.policy.relay_ips = vec!["203.0.113.1".parse().unwrap()]);
-    let mut c = w.client(1000, Transport::Udp, 600);
-    let relay = w.allocate(&mut c);
-    for peer in [
-        "127.0.0.1:9",
-        "10.0.0.1:9",
-        "0.0.0.0:9",
-        "[::]:9",
-        "[::ffff:127.0.0.1]:9",
-        "192.168.0.10:9",
-        "100.64.1.1:9",
-        "203.0.113.1:50001",
-    ] {
-        assert_eq!(w.permit(&c, addr(peer)), Some(403), "{peer}");
-        assert_eq!(w.bind_channel(&c, 0x4005, addr(peer)), Some(403), "{peer}");
-        assert!(w.send(&c, addr(peer), b"x").is_none());
+fn denied_peers_are_refused_with_403_and_the_other_family_with_443() {
+    use switchboard_turn::policy::examples::{ALLOWED_V4, ALLOWED_V6, DENIED_V4, DENIED_V6};
+    for v6 in [false, true] {
+        let own = ["203.0.113.1", "2001:db8::9"];
+        let mut w = World::new(|c| c.policy.relay_ips = own.iter().map(|ip| ip.parse().unwrap()).collect());
+        if v6 {
+            w.relay_ip = own[1].parse().unwrap();
+        }
+        let mut c = w.client(1000, Transport::Udp, 600);
+        let relay = w.allocate(&mut c);
+        let (denied, allowed, other) = if v6 {
+            ([DENIED_V6, &own[1..]].concat(), ALLOWED_V6, ALLOWED_V4)
+        } else {
+            ([DENIED_V4, &own[..1]].concat(), ALLOWED_V4, ALLOWED_V6)
+        };
+        for (i, ip) in denied.iter().enumerate() {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 9);
+            assert_eq!(w.permit(&c, peer), Some(403), "{peer}");
+            assert_eq!(w.bind_channel(&c, 0x4000 + i as u16, peer), Some(403), "{peer}");
+            assert!(w.send(&c, peer, b"x").is_none(), "{peer}");
+            assert!(w.peer_sends(relay, peer, b"x").is_none(), "{peer}");
+        }
+        for ip in other {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 9);
+            assert_eq!(w.permit(&c, peer), Some(443), "{peer} on a {} relay", relay.ip());
+            assert_eq!(w.bind_channel(&c, 0x4500, peer), Some(443), "{peer}");
+        }
+        for (i, ip) in allowed.iter().enumerate() {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 9);
+            assert_eq!(w.permit(&c, peer), None, "{peer} must be permitted");
+            assert_eq!(w.bind_channel(&c, 0x4600 + i as u16, peer), None, "{peer}");
+            assert_eq!(w.send(&c, peer, b"x"), Some((relay, peer, b"x".to_vec())), "{peer}");
+        }
+        assert_eq!(w.engine.stats().permissions_denied, 2 * denied.len() as u64);
     }
-    assert!(w.peer_sends(relay, addr("127.0.0.1:9"), b"x").is_none());
-    assert!(w.engine.stats().permissions_denied >= 8);
 }
 
 #[test]
@@ -623,6 +649,38 @@ fn unsupported_transport_unknown_attributes_and_relay_failure() {
     assert!(matches!(w.engine.poll_event(), Some(Event::BindRelay { .. })));
     let Some(Transmit::ToClient { data, .. }) = w.engine.relay_bound(w.now, c.who, Err(())) else { panic!() };
     assert_eq!(Message::parse(&data).unwrap().error_code(), Some(508));
+}
+
+/// A comprehension-required attribute the engine does not know gets 420 listing it, for every request method
+/// (RFC 8489 §6.3.1.1): Binding unsigned; the others after their credential check, signed.
+#[test]
+fn unknown_comprehension_required_attributes_get_420_for_every_request() {
+    let mut w = World::new(|_| {});
+    let mut c = w.client(1000, Transport::Udp, 600);
+    let listed = |resp: &[u8]| {
+        let m = Message::parse(resp).unwrap();
+        (m.error_code(), m.get(attr::UNKNOWN_ATTRIBUTES).map(<[u8]>::to_vec))
+    };
+    let bind = Builder::new(Class::Request, method::BINDING, rand::random())
+        .attr(0x0042, b"??")
+        .attr(0x0043, b"!")
+        .attr(0x0042, b"?");
+    let resp = w.request(&c, bind.fingerprint());
+    assert_eq!(listed(&resp), (Some(420), Some(vec![0x00, 0x42, 0x00, 0x43])), "deduplicated, sorted");
+    // Comprehension-optional ones (0x8000 and up) are ignored.
+    let optional = Builder::new(Class::Request, method::BINDING, rand::random()).attr(0x8042, b"??");
+    assert_eq!(Message::parse(&w.request(&c, optional)).unwrap().class(), Class::Success);
+
+    w.allocate(&mut c);
+    let unauthenticated = Builder::new(Class::Request, method::CREATE_PERMISSION, rand::random()).attr(0x0042, b"??");
+    assert_eq!(listed(&w.request(&c, unauthenticated)).0, Some(401), "credentials first");
+    for m in [method::REFRESH, method::CREATE_PERMISSION, method::CHANNEL_BIND, method::ALLOCATE] {
+        let b = w.signed(&c, m).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER)).attr(0x0042, b"??");
+        let resp = w.request(&c, World::seal(&c, b));
+        assert_eq!(listed(&resp), (Some(420), Some(vec![0x00, 0x42])), "method {m:#x}");
+        assert_eq!(Message::parse(&resp).unwrap().verify(&c.key), switchboard_turn::stun::Integrity::Valid);
+    }
+    assert_eq!(w.engine.allocation_count(), 1, "nothing was changed by the refused requests");
 }
 
 #[test]
