@@ -110,11 +110,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(args: serve_args::ServeArgs, log_control: LogControl, log_filter: &str) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    // Before binding: once "signaling listening" is logged a supervisor (or a test) may send SIGTERM at once, and a
+    // signal that came before its handler would kill the process instead of shutting it down gracefully.
+    let signal = shutdown_signal();
     let mut server = switchboard_server::Server::bind(config).await?;
     server.set_log_control(log_control, log_filter);
     let stop = server.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("signal received: shutting down");
         stop.cancel();
     });
@@ -122,23 +125,34 @@ async fn serve(args: serve_args::ServeArgs, log_control: LogControl, log_filter:
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM, with both handlers installed when this returns (not when the future is first polled).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => drop(s.recv().await),
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => drop(s.recv().await),
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = int => {}
+                () = term => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

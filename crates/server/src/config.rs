@@ -169,6 +169,12 @@ pub struct TurnConfig {
     pub total_quota: usize,
     /// Per-allocation relay bandwidth cap in bytes per second; absent: unlimited.
     pub bandwidth: Option<u64>,
+    /// TURN-over-TCP connections one source IP may hold open at once; more are closed at accept.
+    pub tcp_connections_per_ip: usize,
+    /// How long a TURN-over-TCP connection may stay open without an allocation (nothing sent, half a message, or
+    /// only Binding requests); then it is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_unallocated_timeout: Duration,
 }
 
 /// How TURN credentials are issued.
@@ -217,6 +223,8 @@ impl Default for TurnConfig {
             user_quota: 16,
             total_quota: 10_000,
             bandwidth: None,
+            tcp_connections_per_ip: 64,
+            tcp_unallocated_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -282,6 +290,12 @@ impl Config {
         }
         if t.realm.is_empty() {
             return invalid("turn.realm", "must not be empty");
+        }
+        if t.tcp_connections_per_ip == 0 {
+            return invalid("turn.tcp-connections-per-ip", "must be at least 1");
+        }
+        if t.tcp_unallocated_timeout.is_zero() {
+            return invalid("turn.tcp-unallocated-timeout", "must be positive");
         }
         if t.credential_ttl.is_zero() {
             return invalid("turn.credential-ttl", "must be positive");

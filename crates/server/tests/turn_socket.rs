@@ -204,3 +204,77 @@ async fn a_credential_for_another_secret_is_refused() {
     let resp = udp_round_trip(&sock, c.turn, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
     assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(401));
 }
+
+/// Reads until the server closes `s` (EOF or reset) and returns when; panics if it is still open at `within`.
+async fn closed_by_server(s: &mut TcpStream, within: Duration) -> tokio::time::Instant {
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at(start + within, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return tokio::time::Instant::now(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the server kept the connection open for {within:?}"),
+        }
+    }
+}
+
+/// TURN over TCP: a connection that sends nothing, or half a message, or only Binding requests, is closed once it
+/// has gone `tcp-unallocated-timeout` without an allocation; one that allocated stays open past it.
+#[tokio::test]
+async fn tcp_connections_without_an_allocation_are_closed_after_the_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(600);
+    let (_server, c) = server_and_creds(|c| c.turn.tcp_unallocated_timeout = TIMEOUT).await;
+    let opened = tokio::time::Instant::now();
+    let mut silent = TcpStream::connect(c.turn).await.unwrap();
+    let mut half = TcpStream::connect(c.turn).await.unwrap();
+    half.write_all(&allocate_unauth()[..10]).await.unwrap();
+    let mut binding_only = TcpStream::connect(c.turn).await.unwrap();
+    let binding = Builder::new(Class::Request, method::BINDING, [1; 12]).finish();
+    assert_eq!(Message::parse(&tcp_round_trip(&mut binding_only, binding).await).unwrap().class(), Class::Success);
+    let mut allocated = TcpStream::connect(c.turn).await.unwrap();
+    let nonce = Message::parse(&tcp_round_trip(&mut allocated, allocate_unauth()).await)
+        .unwrap()
+        .text(attr::NONCE)
+        .unwrap()
+        .to_owned();
+    let resp = tcp_round_trip(&mut allocated, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+
+    for (what, s) in [("silent", &mut silent), ("half a message", &mut half), ("binding only", &mut binding_only)] {
+        let after = closed_by_server(s, TIMEOUT + WAIT).await - opened;
+        assert!(after >= TIMEOUT, "{what}: closed after {after:?}, before the timeout");
+    }
+    // Past the timeout, the allocated connection still answers.
+    tokio::time::sleep(TIMEOUT * 2).await;
+    let binding = Builder::new(Class::Request, method::BINDING, [2; 12]).finish();
+    assert_eq!(Message::parse(&tcp_round_trip(&mut allocated, binding).await).unwrap().class(), Class::Success);
+}
+
+/// TURN over TCP: one source address holds at most `tcp-connections-per-ip` connections; the next is closed at
+/// once, and a place that frees up can be taken again.
+#[tokio::test]
+async fn tcp_connections_per_source_address_are_capped() {
+    let (_server, c) = server_and_creds(|c| c.turn.tcp_connections_per_ip = 3).await;
+    let binding = || Builder::new(Class::Request, method::BINDING, rand::random()).finish();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(c.turn).await.unwrap();
+        assert_eq!(Message::parse(&tcp_round_trip(&mut s, binding()).await).unwrap().class(), Class::Success);
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(c.turn).await.unwrap();
+    let _ = extra.write_all(&binding()).await; // may already fail: the server closed it at accept
+    closed_by_server(&mut extra, WAIT).await;
+    drop(held.pop());
+    // The freed place is taken again (the server sees the close asynchronously: retry until accepted).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(c.turn).await.unwrap();
+        let _ = s.write_all(&binding()).await;
+        let mut head = [0u8; 20];
+        if tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut head)).await.is_ok_and(|r| r.is_ok()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the freed place was never given again");
+    }
+}

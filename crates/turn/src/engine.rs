@@ -251,6 +251,11 @@ impl Engine {
         self.stats
     }
 
+    /// Whether `client` holds an allocation, or is waiting for its relay socket.
+    pub fn has_allocation(&self, client: Client) -> bool {
+        self.allocations.contains_key(&client) || self.pending.contains_key(&client)
+    }
+
     /// Allocations currently held.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()

@@ -70,6 +70,10 @@ struct Shared {
     /// The address relay sockets are advertised at (XOR-RELAYED-ADDRESS).
     relay_ip: IpAddr,
     ports: (u16, u16),
+    /// TURN-over-TCP connections one source IP may hold.
+    tcp_per_ip: usize,
+    /// How long a TCP connection may go without an allocation.
+    tcp_unallocated_timeout: std::time::Duration,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -80,6 +84,8 @@ struct State {
     relays: HashMap<SocketAddr, Relay>,
     /// TCP client address → its outbound queue.
     tcp_clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Open TCP connections per source IP.
+    tcp_per_ip: HashMap<IpAddr, usize>,
     /// Sockets bound for ports reserved with EVEN-PORT, by advertised address, until claimed or released.
     reserved: HashMap<SocketAddr, std::net::UdpSocket>,
 }
@@ -128,12 +134,15 @@ impl TurnServer {
                 engine,
                 relays: HashMap::new(),
                 tcp_clients: HashMap::new(),
+                tcp_per_ip: HashMap::new(),
                 reserved: HashMap::new(),
             }),
             udp: Arc::new(udp),
             bind_ip: config.listen.ip(),
             relay_ip,
             ports: (config.relay_port_min, config.relay_port_max),
+            tcp_per_ip: config.tcp_connections_per_ip,
+            tcp_unallocated_timeout: config.tcp_unallocated_timeout,
             tasks: tasks.clone(),
             stop: stop.clone(),
         });

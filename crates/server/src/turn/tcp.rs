@@ -3,6 +3,10 @@
 //! A frame is either a STUN message (20-byte header, length in bytes 2–3) or ChannelData (4-byte header, first byte
 //! 0x40–0x7F, length padded to a multiple of four). Anything else ends the connection. Each connection is one client:
 //! when it closes, its allocation is freed at once.
+//!
+//! Limits, so that idle sockets cannot pile up: one source IP holds at most `turn.tcp-connections-per-ip`
+//! connections (more are closed at accept), and a connection that goes `turn.tcp-unallocated-timeout` without an
+//! allocation (it sent nothing, half a message, or no Allocate that succeeded; or its allocation is gone) is closed.
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use switchboard_turn::{Client, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use super::{deliver, drain_events, now, Shared, TCP_QUEUE};
@@ -26,6 +31,15 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
         };
+        {
+            let mut st = shared.state.lock();
+            let open = st.tcp_per_ip.entry(addr.ip()).or_insert(0);
+            if *open >= shared.tcp_per_ip {
+                debug!(peer = %addr, open = *open, "turn tcp: too many connections from this address; closing");
+                continue; // dropping the stream closes it
+            }
+            *open += 1;
+        }
         let _ = stream.set_nodelay(true);
         shared.tasks.spawn(connection(shared.clone(), stream, Client { transport: Transport::Tcp, addr }));
     }
@@ -66,6 +80,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
     let reader = async {
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 16 * 1024];
+        let mut unallocated_since = Instant::now();
         loop {
             while let Ok(Some(len)) = frame_len(&buf) {
                 if buf.len() < len {
@@ -82,9 +97,18 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
             if frame_len(&buf).is_err() {
                 return;
             }
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if shared.state.lock().engine.has_allocation(client) {
+                unallocated_since = Instant::now();
+            }
+            match timeout_at(unallocated_since + shared.tcp_unallocated_timeout, rd.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                // Quiet for the whole timeout: fine with an allocation (its lifetime rules), closed without.
+                Err(_) if shared.state.lock().engine.has_allocation(client) => {}
+                Err(_) => {
+                    debug!(peer = %client.addr, "turn tcp: no allocation within the timeout; closing");
+                    return;
+                }
             }
         }
     };
@@ -95,6 +119,12 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
     }
     let mut st = shared.state.lock();
     st.tcp_clients.remove(&client.addr);
+    if let Some(open) = st.tcp_per_ip.get_mut(&client.addr.ip()) {
+        *open -= 1;
+        if *open == 0 {
+            st.tcp_per_ip.remove(&client.addr.ip());
+        }
+    }
     st.engine.client_gone(client);
     drain_events(&shared, &mut st);
 }
