@@ -169,9 +169,9 @@ impl Collector for TurnCollector {
             ("turn_denied_permissions", "Permissions refused by the peer policy", s.permissions_denied),
             ("turn_auth_failures", "Requests with bad credentials", s.auth_failures),
             (
-                "turn_auth_failures_unanswered",
-                "Requests with bad credentials left unanswered (the client was told often enough)",
-                s.auth_failures_unanswered,
+                "turn_auth_failures_unchallenged",
+                "Requests with bad credentials answered 441, not challenged again (the client was told often enough)",
+                s.auth_failures_unchallenged,
             ),
         ];
         for (name, help, value) in counters {

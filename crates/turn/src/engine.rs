@@ -127,8 +127,8 @@ pub struct Stats {
     pub packets_dropped: u64,
     pub permissions_denied: u64,
     pub auth_failures: u64,
-    /// Failed requests left unanswered: the client had been told often enough (see [`crate::failure_limit`]).
-    pub auth_failures_unanswered: u64,
+    /// Failed requests answered 441 instead of a new 401 challenge (see [`crate::failure_limit`]).
+    pub auth_failures_unchallenged: u64,
 }
 
 /// Reserved room before a peer packet's payload, so it can become ChannelData in place.
@@ -290,8 +290,7 @@ impl Engine {
             (Class::Request, _) => Some(to_client(from, error(&msg, 400, "Bad Request", None))),
             _ => None, // stray responses and unknown indications are ignored
         };
-        // An empty answer is the "say nothing" of [`Engine::authenticate`]: no STUN message is empty.
-        answer.filter(|t| !matches!(t, Transmit::ToClient { data, .. } if data.is_empty()))
+        answer
     }
 
     /// A datagram that reached relay address `relay` from `peer`. `buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + len]` is
@@ -450,11 +449,11 @@ impl Engine {
             Ok(auth) => seal(b, &auth.signer),
             Err(resp) => resp,
         };
-        (!answer.is_empty()).then(|| to_client(from, answer))
+        Some(to_client(from, answer))
     }
 
-    /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send; an empty one means send
-    /// nothing, the client having been told often enough that its credentials are wrong (`failure_limit`).
+    /// Long-term credential check (RFC 8489 §9.2.4). `Err` is the error answer to send: a 401 challenge, or 441
+    /// once the client has been challenged often enough (`failure_limit`).
     fn authenticate(&mut self, now: Instant, from: Client, msg: &Message<'_>) -> Result<Auth, Vec<u8>> {
         let unix = self.unix(now);
         if !msg.has_integrity() {
@@ -484,9 +483,10 @@ impl Engine {
             _ => {
                 self.stats.auth_failures += 1;
                 if !self.failures.allow(from, now) {
-                    // Told often enough (see `failure_limit`): an empty answer, which `handle_client` drops.
-                    self.stats.auth_failures_unanswered += 1;
-                    return Err(Vec::new());
+                    // Challenged often enough (see `failure_limit`): 441, which ends the attempt of any client,
+                    // ZLMediaKit's included (it acts on 401 alone).
+                    self.stats.auth_failures_unchallenged += 1;
+                    return Err(error(msg, 441, "Wrong Credentials", None));
                 }
                 Err(self.challenge(msg, 401, "Unauthorized", unix))
             }

@@ -3,8 +3,9 @@
 //! RFC 8489 §9.2.4 answers a request whose integrity fails with 401, REALM and NONCE. A correct client gives up after
 //! the second such answer; ZLMediaKit's ICE agent does not: it keeps the first nonce it saw, resends at once on every
 //! 401, and so loops at round-trip pace for as long as its credentials stay wrong (an ephemeral credential past its
-//! expiry, say). Each client gets a few such answers per window; past that its failing requests go unanswered, and a
-//! retransmitting client backs off on its own timers.
+//! expiry, say). Each client gets a few such 401s per window; past that its failing requests get 441 (Wrong
+//! Credentials), which ends the attempt of every client: ZLMediaKit acts on 401 alone, and an RFC client stops at
+//! any final error (silence instead would leave it retransmitting: coturn's `turnutils_uclient` then never exits).
 //!
 //! Invariants: memory is bounded ([`MAX_TRACKED`] clients; when full, expired windows are dropped, and a client that
 //! still finds no room is answered as if untracked); nothing is kept for requests that fail for other reasons, and

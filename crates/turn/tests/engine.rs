@@ -495,7 +495,7 @@ fn expired_or_wrong_credentials_are_refused() {
 
 /// ZLMediaKit's agent answers every 401 by resending at once with the nonce it saw first, so a credential past its
 /// expiry would keep it looping at round-trip pace. A client hears "wrong credentials" a few times per window; its
-/// further failing requests get no answer (counted), and it is answered again in the next window.
+/// further failing requests get 441 (counted), which ends any client's attempt, and 401 again in the next window.
 #[test]
 fn wrong_credentials_are_answered_a_few_times_per_window_then_not_at_all() {
     use switchboard_turn::failure_limit::{ANSWERS, WINDOW};
@@ -506,22 +506,22 @@ fn wrong_credentials_are_answered_a_few_times_per_window_then_not_at_all() {
     c.nonce = Message::parse(&w.request(&c, first)).unwrap().text(attr::NONCE).unwrap().to_owned();
     w.advance(Duration::from_secs(6)); // the ephemeral credential has expired
 
-    let mut answered = 0;
+    let (mut answered, mut wrong) = (0, 0);
     for _ in 0..50 {
         let b = w.signed(&c, method::ALLOCATE).attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         let raw = World::seal(&c, b).finish();
         match w.engine.handle_client(w.now, c.who, &raw) {
-            Some(Transmit::ToClient { data, .. }) => {
-                assert_eq!(Message::parse(&data).unwrap().error_code(), Some(401));
-                answered += 1;
-            }
-            None => {}
+            Some(Transmit::ToClient { data, .. }) => match Message::parse(&data).unwrap().error_code() {
+                Some(401) => answered += 1,
+                Some(441) => wrong += 1,
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(answered, ANSWERS, "a few 401s, then silence");
+    assert_eq!((answered, wrong), (ANSWERS, 50 - ANSWERS), "a few 401s, then 441");
     let s = w.engine.stats();
-    assert_eq!((s.auth_failures, s.auth_failures_unanswered), (50, 50 - u64::from(ANSWERS)));
+    assert_eq!((s.auth_failures, s.auth_failures_unchallenged), (50, 50 - u64::from(ANSWERS)));
 
     // Requests without integrity are still challenged, and so is another client meanwhile.
     let bare =
