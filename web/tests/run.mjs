@@ -22,7 +22,7 @@ import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
-import { freePort, startZlm } from "./zlm.mjs";
+import { eachLine, freePort, startZlm } from "./zlm.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "../..");
@@ -133,21 +133,13 @@ function spawnLogged(label, args, ready, ms) {
       reject(new Error(`${label} logged nothing matching ${ready} within ${ms / 1000} s`));
     }, ms);
     for (const stream of [child.stdout, child.stderr]) {
-      let buffered = "";
-      stream.setEncoding("utf8");
-      stream.on("data", (chunk) => {
-        buffered += chunk;
-        let nl;
-        while ((nl = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, nl);
-          buffered = buffered.slice(nl + 1);
-          note(`[${label}] ${line}`);
-          const m = settled ? null : ready.exec(line);
-          if (m) {
-            settled = true;
-            clearTimeout(timer);
-            resolve({ child, match: m });
-          }
+      eachLine(stream, (line) => {
+        note(`[${label}] ${line}`);
+        const m = settled ? null : ready.exec(line);
+        if (m) {
+          settled = true;
+          clearTimeout(timer);
+          resolve({ child, match: m });
         }
       });
     }

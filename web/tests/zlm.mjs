@@ -13,6 +13,24 @@ import path from "node:path";
 
 const SECRET = "zlmsecret";
 
+/**
+ * Calls `fn` with each complete line `stream` yields.
+ * @param {import("node:stream").Readable} stream @param {(line: string) => void} fn
+ */
+export function eachLine(stream, fn) {
+  let buffered = "";
+  stream.setEncoding("utf8");
+  stream.on("data", (chunk) => {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      fn(line);
+    }
+  });
+}
+
 /** A TCP port free on `host` right now (the namespace is the test's own, so it stays free). */
 export function freePort(host) {
   return new Promise((resolve, reject) => {
@@ -53,19 +71,8 @@ export async function startZlm(o) {
     cwd: dir,
     stdio: ["ignore", "pipe", "pipe"],
   });
-  for (const stream of [child.stdout, child.stderr]) {
-    let buffered = "";
-    stream.setEncoding("utf8");
-    stream.on("data", (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        // MediaServer colours its log; the escapes only make a failure report harder to read.
-        o.note(`[zlm ${o.name}] ${buffered.slice(0, nl).replace(/\x1b\[[0-9;]*m/g, "")}`);
-        buffered = buffered.slice(nl + 1);
-      }
-    });
-  }
+  // MediaServer colours its log; the escapes only make a failure report harder to read.
+  for (const stream of [child.stdout, child.stderr]) eachLine(stream, (line) => o.note(`[zlm ${o.name}] ${line.replace(/\x1b\[[0-9;]*m/g, "")}`));
   child.on("exit", (code, signal) => o.note(`[zlm ${o.name}] exited code=${code} signal=${signal}`));
   const api = `http://${o.host}:${apiPort}`;
 

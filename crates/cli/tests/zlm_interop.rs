@@ -24,13 +24,7 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
     let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "");
     keeper.load_clip();
 
-    let v =
-        keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
-    let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
-    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
-        let rooms = sb.rooms();
-        rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM).then_some(()).ok_or(rooms.to_string())
-    });
+    let room_key = keeper.keep_room(&sb, ROOM);
 
     // The puller: its own register, a `play` call into ROOM, ICE against our STUN/TURN and the keeper, then media.
     let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb.port());
@@ -64,8 +58,7 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
     // The keeper unregisters cleanly: the room is gone from switchboard.
     keeper.ok("delWebrtcRoomKeeper", &format!("room_key={room_key}"));
     eventually("the keeper's room is freed", Duration::from_secs(10), || {
-        let rooms = sb.rooms();
-        (!rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM)).then_some(()).ok_or(rooms.to_string())
+        (!sb.holds(ROOM)).then_some(()).ok_or_else(|| sb.rooms().to_string())
     });
 }
 
@@ -82,11 +75,7 @@ fn zlm_keeper_to_zlm_puller_over_the_builtin_turn_relay() {
     let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "iceTransportPolicy=1");
     let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "iceTransportPolicy=1");
     keeper.load_clip();
-    keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
-    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
-        let rooms = sb.rooms();
-        rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM).then_some(()).ok_or(rooms.to_string())
-    });
+    keeper.keep_room(&sb, ROOM);
 
     let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb.port());
     let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
@@ -130,16 +119,12 @@ fn an_idle_zlm_keeper_stays_registered() {
     zlm::enter_private_network();
     let mut sb = Switchboard::start(&[]);
     let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "");
-    keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
     let registered = std::time::Instant::now();
-    let room_is_held = |sb: &Switchboard| sb.rooms().as_array().unwrap().iter().any(|r| r["room_id"] == ROOM);
-    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
-        room_is_held(&sb).then_some(()).ok_or_else(|| "not yet".to_owned())
-    });
+    keeper.keep_room(&sb, ROOM);
     // Watch it through the quiet time: the room must never drop.
     while registered.elapsed() < Duration::from_secs(40) {
         assert!(
-            room_is_held(&sb),
+            sb.holds(ROOM),
             "the idle keeper lost its room after {:?}\nkeeper log:\n{}\nswitchboard log:\n{}",
             registered.elapsed(),
             keeper.proc.log(),
@@ -220,13 +205,7 @@ fn zlm_keeper_to_switchboard_peer_play() {
     let mut sb = Switchboard::start(&[]);
     let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "");
     keeper.load_clip();
-    let v =
-        keeper.ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={ROOM}&ssl=0", sb.port()));
-    let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
-    eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
-        let rooms = sb.rooms();
-        rooms.as_array().unwrap().iter().any(|r| r["room_id"] == ROOM).then_some(()).ok_or(rooms.to_string())
-    });
+    let room_key = keeper.keep_room(&sb, ROOM);
 
     let server = format!("ws://{HOST}:{}/signaling", sb.port());
     let mut cmd = Command::new(BIN);

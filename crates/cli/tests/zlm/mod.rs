@@ -311,6 +311,18 @@ impl Zlm {
         })
     }
 
+    /// Registers `room` on `sb` from this keeper (`addWebrtcRoomKeeper`), waits until switchboard lists it, and
+    /// returns its `room_key` (for `delWebrtcRoomKeeper`).
+    pub fn keep_room(&mut self, sb: &Switchboard, room: &str) -> String {
+        let v = self
+            .ok("addWebrtcRoomKeeper", &format!("server_host={HOST}&server_port={}&room_id={room}&ssl=0", sb.port()));
+        let room_key = v["data"]["room_key"].as_str().expect("room_key").to_owned();
+        eventually("the keeper's room on switchboard", Duration::from_secs(10), || {
+            sb.holds(room).then_some(()).ok_or_else(|| sb.rooms().to_string())
+        });
+        room_key
+    }
+
     /// The guests of `room` on this keeper.
     pub fn keeper_guests(&mut self, room: &str) -> Vec<String> {
         let v = self.ok("listWebrtcRoomKeepers", "");
@@ -365,6 +377,11 @@ impl Switchboard {
             http_get(self.addr, "/api/rooms", &format!("Authorization: Bearer {ADMIN}\r\n"), Duration::from_secs(5));
         assert_eq!(status, 200, "/api/rooms: {status} {body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// Whether `/api/rooms` lists `room`.
+    pub fn holds(&self, room: &str) -> bool {
+        self.rooms().as_array().is_some_and(|rooms| rooms.iter().any(|r| r["room_id"] == room))
     }
 
     /// `GET /metrics`, the Prometheus text.

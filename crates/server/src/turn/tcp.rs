@@ -6,7 +6,8 @@
 //!
 //! Limits, so that idle sockets cannot pile up: one source IP holds at most `turn.tcp-connections-per-ip`
 //! connections (more are closed at accept), and a connection that goes `turn.tcp-unallocated-timeout` without an
-//! allocation (it sent nothing, half a message, or no Allocate that succeeded; or its allocation is gone) is closed.
+//! allocation (it sent nothing, half a message, or no Allocate that succeeded) is closed; one whose allocation has
+//! gone is closed within one more timeout.
 
 use std::sync::Arc;
 
@@ -80,7 +81,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
     let reader = async {
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 16 * 1024];
-        let mut unallocated_since = Instant::now();
+        let mut deadline = Instant::now() + shared.tcp_unallocated_timeout;
         loop {
             while let Ok(Some(len)) = frame_len(&buf) {
                 if buf.len() < len {
@@ -97,14 +98,14 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
             if frame_len(&buf).is_err() {
                 return;
             }
-            if shared.state.lock().engine.has_allocation(client) {
-                unallocated_since = Instant::now();
-            }
-            match timeout_at(unallocated_since + shared.tcp_unallocated_timeout, rd.read(&mut chunk)).await {
+            // The allocation is looked at only when the deadline passes, never per read (the relay path).
+            match timeout_at(deadline, rd.read(&mut chunk)).await {
                 Ok(Ok(0) | Err(_)) => return,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                // Quiet for the whole timeout: fine with an allocation (its lifetime rules), closed without.
-                Err(_) if shared.state.lock().engine.has_allocation(client) => {}
+                // With an allocation its lifetime rules: look again one timeout later. Without one: closed.
+                Err(_) if shared.state.lock().engine.has_allocation(client) => {
+                    deadline = Instant::now() + shared.tcp_unallocated_timeout;
+                }
                 Err(_) => {
                     debug!(peer = %client.addr, "turn tcp: no allocation within the timeout; closing");
                     return;
