@@ -261,17 +261,39 @@ async function openDemo(label, o = {}) {
   const viewport = { width: o.width ?? 1280, height: o.height ?? 800 };
   const context = await browser.newContext({ viewport, ignoreHTTPSErrors: Boolean(o.https) });
   const page = await context.newPage();
-  page.setDefaultTimeout(15_000);
-  page.on("console", (m) => note(`[${label} console.${m.type()}] ${m.text()}`));
-  page.on("pageerror", (e) => note(`[${label} pageerror] ${e.message}`));
-  page.on("crash", () => note(`[${label}] page crashed`));
-  const entry = { label, page, context };
+  await watchPage(label, page);
+  const entry = { label, page, context, response: null };
   openPages.push(entry);
-  await page.goto(o.https ? `https://${server.tlsAddr}/` : `http://${server.addr}/`);
+  entry.response = await page.goto(o.https ? `https://${server.tlsAddr}/` : `http://${server.addr}/`);
   const scheme = o.https ? "wss://" : "ws://";
   await page.waitForFunction((s) => document.getElementById("server-url")?.textContent?.startsWith(s), scheme);
   if (o.relay) await page.check("#relay-only");
   return entry;
+}
+
+/**
+ * Content-Security-Policy violations seen by any page of the current case. The runner fails a case that leaves any:
+ * the demo page and SDK must satisfy the policy the server sends (only `content-security-policy` provokes some, and
+ * takes them out once it has checked them).
+ * @type {string[]}
+ */
+let cspViolations = [];
+
+/** Logs what `page` says and collects its CSP violations (Chromium's console report and the DOM event both). */
+function watchPage(label, page) {
+  page.setDefaultTimeout(15_000);
+  page.on("console", (m) => {
+    const text = m.text();
+    note(`[${label} console.${m.type()}] ${text}`);
+    if (text.includes("Content Security Policy") || text.startsWith("csp-violation:")) cspViolations.push(`[${label}] ${text}`);
+  });
+  page.on("pageerror", (e) => note(`[${label} pageerror] ${e.message}`));
+  page.on("crash", () => note(`[${label}] page crashed`));
+  return page.addInitScript(() =>
+    document.addEventListener("securitypolicyviolation", (e) =>
+      console.error(`csp-violation: ${e.effectiveDirective} refused ${e.blockedURI || "inline code"} (${e.sourceFile}:${e.lineNumber})`),
+    ),
+  );
 }
 
 async function closePages() {
@@ -393,6 +415,41 @@ const cases = [
       const overflow = await pub.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       await pub.page.screenshot({ path: path.join(opts.artifacts, "demo-375.png"), fullPage: true });
       assert(overflow <= 0, `at 375 px the page is ${overflow} px wider than the viewport`);
+    },
+  },
+  {
+    name: "content-security-policy",
+    about: "the page comes with a CSP, frame and referrer protection; inline script and framing are refused",
+    async run() {
+      const p = await openDemo("page");
+      const h = p.response.headers();
+      for (const directive of ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"]) {
+        assert(h["content-security-policy"]?.includes(directive), `CSP has ${directive}: ${h["content-security-policy"]}`);
+      }
+      assert(h["x-frame-options"] === "DENY", `X-Frame-Options: ${h["x-frame-options"]}`);
+      assert(h["referrer-policy"] === "no-referrer", `Referrer-Policy: ${h["referrer-policy"]}`);
+      assert(cspViolations.length === 0, `the page itself violates its CSP: ${cspViolations.join("; ")}`);
+      // Injected inline script does not run, and is reported.
+      const ran = await p.page.evaluate(() => {
+        const s = document.createElement("script");
+        s.textContent = "window.injectedRan = true";
+        document.head.append(s);
+        // @ts-ignore: set by the injected script if it ran.
+        return window.injectedRan === true;
+      });
+      assert(!ran, "an injected inline script ran");
+      await waitFor("the inline script's violation report", 5_000, async () => cspViolations.some((v) => v.includes("script-src")));
+      // Another page cannot frame it.
+      const framerContext = await browser.newContext();
+      openPages.push({ label: "framer", page: await framerContext.newPage(), context: framerContext });
+      const framer = openPages[openPages.length - 1].page;
+      await watchPage("framer", framer);
+      await framer.setContent(`<iframe id="f" src="http://${server.addr}/"></iframe>`);
+      await waitFor("the framing violation report", 10_000, async () => cspViolations.some((v) => v.includes("frame-ancestors")));
+      const framed = framer.frames().find((f) => f !== framer.mainFrame());
+      const inside = await framed?.evaluate(() => Boolean(document.getElementById("publish"))).catch(() => false);
+      assert(!inside, `the framed page rendered (${framed?.url()})`);
+      cspViolations = [];
     },
   },
   {
@@ -740,10 +797,12 @@ async function main() {
       continue;
     }
     log = [];
+    cspViolations = [];
     const start = Date.now();
     try {
       if (!server) server = await startServer();
       await withDeadline(c.run(), CASE_DEADLINE_MS, c.name);
+      assert(cspViolations.length === 0, `Content-Security-Policy violations:\n  ${cspViolations.join("\n  ")}`);
       passed++;
       console.log(`ok ${n} - ${c.name} (${((Date.now() - start) / 1000).toFixed(1)} s): ${c.about}`);
     } catch (e) {
