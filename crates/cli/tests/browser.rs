@@ -14,6 +14,7 @@
 //! to install, never skip. `node_modules` is installed with `npm ci` when missing. The two Chromium suites take turns
 //! (one lock): on two cores, two browsers plus their media servers at once would only make both slower.
 
+mod support;
 #[allow(dead_code)] // the browser tests use only the MediaServer lookup of the ZLMediaKit harness
 mod zlm;
 

@@ -4,6 +4,7 @@
 //! What each proves is named in its doc comment; a pairing that breaks fails the test (e.g. a STUN answer without
 //! FINGERPRINT makes ZLMediaKit's ICE agent drop its socket, and the pull times out).
 
+mod support;
 mod zlm;
 
 use std::process::Command;

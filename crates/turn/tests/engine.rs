@@ -497,7 +497,7 @@ fn expired_or_wrong_credentials_are_refused() {
 /// expiry would keep it looping at round-trip pace. A client hears "wrong credentials" a few times per window; its
 /// further failing requests get 441 (counted), which ends any client's attempt, and 401 again in the next window.
 #[test]
-fn wrong_credentials_are_answered_a_few_times_per_window_then_not_at_all() {
+fn wrong_credentials_are_challenged_a_few_times_per_window_then_refused_with_441() {
     use switchboard_turn::failure_limit::{ANSWERS, WINDOW};
     let mut w = World::new(|_| {});
     let mut c = w.client(1000, Transport::Udp, 5);
