@@ -86,10 +86,10 @@ async fn the_token_may_ride_in_an_authorization_header() {
     let bearer = format!("Bearer {}", token(SECRET, now() + 60, &["cam_1"], &[]));
     req.headers_mut().insert("Authorization", bearer.parse().unwrap());
     use futures_util::{SinkExt, StreamExt};
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.unwrap().unwrap();
     let reg = json!({"class":"request","method":"register","transaction_id":"t","room_id":"cam_1"});
     ws.send(reg.to_string().into()).await.unwrap();
-    let reply = ws.next().await.unwrap().unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next()).await.expect("an answer within the deadline").unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(v["class"], "accept");
 }
@@ -173,7 +173,7 @@ async fn connection_and_call_limits() {
     let mut a = server.registered("a").await;
     let mut b = server.registered("b").await;
     // A fourth connection from the same address is refused with 429 before the upgrade.
-    let err = tokio_tungstenite::connect_async(server.url()).await.unwrap_err();
+    let err = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.url())).await.unwrap().unwrap_err();
     assert!(err.to_string().contains("429"), "{err}");
 
     a.send(call("T1", "ga", "room")).await;

@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use futures_util::SinkExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,32 +106,27 @@ async fn a_slow_consumer_is_disconnected_and_its_peer_gets_bye() {
             }
         }
     };
-    let bye = tokio::select! {
-        bye = wait_bye => bye,
-        () = async { flood.await; std::future::pending::<()>().await } => unreachable!(),
-    };
+    // A deadline: if slow consumers were never disconnected, the flood would end and this would wait forever.
+    let bye = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            bye = wait_bye => bye,
+            () = async { flood.await; std::future::pending::<()>().await } => unreachable!(),
+        }
+    })
+    .await
+    .expect("the slow consumer was not disconnected within 30 s");
     assert_server_bye(&bye, "g", "slow", "peer unregister");
     // The room was freed.
     drop(slow);
     let _again = server.registered("slow").await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
-}
-
 #[tokio::test]
 async fn livez_and_readyz_on_the_signaling_listener() {
     let server = TestServer::start().await;
-    assert_eq!(http_get(server.addr, "/livez").await, (200, "ok\n".into()));
-    assert_eq!(http_get(server.addr, "/readyz").await, (200, "ready\n".into()));
-    assert_eq!(http_get(server.addr, "/nope").await.0, 404);
+    assert_eq!(http(server.addr, "GET", "/livez", &[], "").await, (200, "ok\n".into()));
+    assert_eq!(http(server.addr, "GET", "/readyz", &[], "").await, (200, "ready\n".into()));
+    assert_eq!(http(server.addr, "GET", "/nope", &[], "").await.0, 404);
 }
 
 #[tokio::test]

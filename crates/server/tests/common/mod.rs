@@ -121,9 +121,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let addr = url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.set_nodelay(true).unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(url, Box::new(tcp) as Box<dyn Stream>).await.expect("handshake");
+        let handshake = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            tcp.set_nodelay(true).unwrap();
+            tokio_tungstenite::client_async(url, Box::new(tcp) as Box<dyn Stream>).await.expect("handshake")
+        };
+        let (ws, _) = tokio::time::timeout(WAIT, handshake).await.expect("connect and handshake within the deadline");
         Client { ws, next_tid: 0 }
     }
 
@@ -247,7 +250,7 @@ pub fn assert_reject(v: &Value, code: &str) {
 /// A minimal HTTP/1.1 request over a real socket; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.expect("connect within the deadline").unwrap();
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
@@ -257,7 +260,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     req.push_str(body);
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("an HTTP answer within the deadline").unwrap();
     let out = String::from_utf8_lossy(&out).into_owned();
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
