@@ -133,3 +133,98 @@ fn set<T>(field: &mut T, value: Option<T>) {
         *field = v;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use switchboard_server::config::CredentialMode;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(argv: &[&str]) -> Config {
+        let parsed = Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied())).unwrap();
+        parsed.args.into_config().unwrap()
+    }
+
+    /// Every flag of README.md's configuration table lands in its field of `Config`, from the flag and from its
+    /// environment variable alike. (What each field then does is proven through a running server: crates/server/tests
+    /// and crates/cli/tests/serve.rs.)
+    #[test]
+    fn every_flag_and_env_var_of_the_readme_table_sets_its_field() {
+        type Check = fn(&Config) -> bool;
+        let cases: [(&str, &str, &str, Check); 18] = [
+            ("--listen", "SWITCHBOARD_LISTEN", "127.0.0.1:9", |c| c.signaling.listen.to_string() == "127.0.0.1:9"),
+            ("--external-ip", "SWITCHBOARD_EXTERNAL_IP", "192.0.2.1,192.0.2.2", |c| c.turn.external_ips.len() == 2),
+            ("--turn-listen", "SWITCHBOARD_TURN_LISTEN", "127.0.0.1:7", |c| c.turn.listen.port() == 7),
+            ("--turn-port", "SWITCHBOARD_TURN_PORT", "4000", |c| c.turn.port == Some(4000)),
+            ("--turn-credentials", "SWITCHBOARD_TURN_CREDENTIALS", "static", |c| {
+                c.turn.credentials == CredentialMode::Static
+            }),
+            ("--turn-secret", "SWITCHBOARD_TURN_SECRET", "s3", |c| c.turn.secret == "s3"),
+            ("--turn-allow-peer", "SWITCHBOARD_TURN_ALLOW_PEER", "10.0.0.0/8", |c| {
+                c.turn.allow_peers == ["10.0.0.0/8".parse::<IpNet>().unwrap()]
+            }),
+            ("--turn-deny-peer", "SWITCHBOARD_TURN_DENY_PEER", "203.0.113.0/24", |c| {
+                c.turn.deny_peers == ["203.0.113.0/24".parse::<IpNet>().unwrap()]
+            }),
+            ("--turn-relay-ports", "SWITCHBOARD_TURN_RELAY_PORTS", "60000-60100", |c| {
+                (c.turn.relay_port_min, c.turn.relay_port_max) == (60000, 60100)
+            }),
+            ("--turn-bandwidth", "SWITCHBOARD_TURN_BANDWIDTH", "125000", |c| c.turn.bandwidth == Some(125_000)),
+            ("--max-message-size", "SWITCHBOARD_MAX_MESSAGE_SIZE", "4096", |c| c.signaling.max_message_size == 4096),
+            ("--call-timeout", "SWITCHBOARD_CALL_TIMEOUT", "5s", |c| c.signaling.call_timeout == Duration::from_secs(5)),
+            ("--shutdown-grace", "SWITCHBOARD_SHUTDOWN_GRACE", "2s", |c| {
+                c.signaling.shutdown_grace == Duration::from_secs(2)
+            }),
+            ("--admin-secret", "SWITCHBOARD_ADMIN_SECRET", "adm", |c| c.admin.secret == "adm"),
+            ("--auth-secret", "SWITCHBOARD_AUTH_SECRET", "auth", |c| c.auth.secret == "auth"),
+            ("--anonymous-network", "SWITCHBOARD_ANONYMOUS_NETWORKS", "10.0.0.0/8", |c| {
+                c.auth.anonymous_networks.contains(&"10.0.0.0/8".parse::<IpNet>().unwrap())
+            }),
+            ("--tls-listen", "SWITCHBOARD_TLS_LISTEN", "127.0.0.1:5", |c| c.tls.listen.port() == 5),
+            ("--dev-tls", "SWITCHBOARD_DEV_TLS", "true", |c| c.tls.dev_self_signed),
+        ];
+        // (--config has its own test: crates/cli/tests/serve.rs.)
+        for (flag, var, value, check) in cases {
+            let argv: Vec<&str> = if flag == "--dev-tls" { vec![flag] } else { vec![flag, value] };
+            assert!(check(&config(&argv)), "{flag} {value}");
+            assert!(!check(&Config::default()), "{flag}: the default already satisfies the check");
+            // SAFETY: this is the only test of this crate that touches SWITCHBOARD_* variables, and nothing else
+            // reads the environment while it runs.
+            unsafe { std::env::set_var(var, value) };
+            let from_env = config(&[]);
+            unsafe { std::env::remove_var(var) };
+            assert!(check(&from_env), "{var}={value}");
+        }
+        // --tls-cert/--tls-key come as a pair.
+        let c = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!((c.tls.cert.unwrap(), c.tls.key.unwrap()), (PathBuf::from("c.pem"), PathBuf::from("k.pem")));
+        assert!(Serve::try_parse_from(["serve", "--tls-cert", "c.pem"]).is_err());
+
+        // README's table names exactly these flags and variables (the global --log/--log-format live on the
+        // top-level command: crates/cli/tests/serve.rs runs them).
+        let readme = include_str!("../../../README.md");
+        let command = Serve::command();
+        for row in readme.lines().filter(|l| l.starts_with("| `--")) {
+            let row = row.replace("\\|", "/"); // `ephemeral\|static` is one cell
+            for flag in row.split('|').nth(1).unwrap().split('`').filter(|s| s.starts_with("--")) {
+                let long = flag.split_whitespace().next().unwrap().trim_start_matches("--");
+                if ["log", "log-format"].contains(&long) {
+                    continue;
+                }
+                let arg = command.get_arguments().find(|a| a.get_long() == Some(long));
+                assert!(arg.is_some(), "README's --{long} is not a flag of serve");
+                let env = arg.unwrap().get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+                let documented = row.split('|').nth(2).unwrap();
+                let prefix = env.trim_end_matches(|c: char| c != '_');
+                assert!(documented.contains(&env) || documented.contains(&format!("{prefix}*")), "--{long}: {env}");
+            }
+        }
+    }
+}

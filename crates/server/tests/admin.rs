@@ -62,26 +62,9 @@ async fn rooms_in_zlmediakit_shape_and_kick() {
     let (code, seen) = callee.until_closed(WAIT).await;
     assert_eq!(code, Some(4001));
     assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(disconnects(server.addr, "kicked").await, 1.0);
     let _again = server.registered("a").await;
     assert_eq!(http(server.addr, "DELETE", "/api/rooms/nobody", &auth, "").await.0, 404);
-}
-
-/// The value of one sample in Prometheus text, by metric name and (optional) label.
-fn sample(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics text parses");
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {label:?} in\n{text}"));
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        prometheus_parse::Value::Histogram(ref h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
-        _ => panic!("unexpected sample type for {name}"),
-    }
 }
 
 #[tokio::test]
@@ -103,17 +86,13 @@ async fn metrics_parse_and_move_after_a_scripted_call() {
     let (_, text) = http(server.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(sample(&text, "switchboard_rooms", None), 2.0);
     assert_eq!(sample(&text, "switchboard_connections_open", None), 2.0);
+    assert_eq!(sample(&text, "switchboard_connections_total", None), 2.0);
     assert_eq!(sample(&text, "switchboard_calls_active", None), 1.0);
     assert_eq!(sample(&text, "switchboard_calls_pending", None), 0.0);
     assert_eq!(sample(&text, "switchboard_relayed_messages_total", Some(("method", "call"))), 2.0);
     assert_eq!(sample(&text, "switchboard_relayed_messages_total", Some(("method", "candidate"))), 3.0);
     assert_eq!(sample(&text, "switchboard_rejects_total", Some(("code", "room_not_found"))), 1.0);
     assert_eq!(sample(&text, "switchboard_call_setup_seconds_count", None), 1.0);
-    // Both byte counters see whole frames: the candidates alone are 3 frames each way, with 6-byte client headers
-    // (masked) and 2-byte server headers.
-    let candidate_len = candidate("g", "a", "x").to_string().len() as f64;
-    assert!(sample(&text, "switchboard_received_bytes_total", None) >= 3.0 * (candidate_len + 6.0));
-    assert!(sample(&text, "switchboard_sent_bytes_total", None) >= 3.0 * (candidate_len + 2.0));
 
     drop(caller);
     assert_server_bye(&callee.recv().await, "g", "a", "peer unregister");
@@ -121,4 +100,40 @@ async fn metrics_parse_and_move_after_a_scripted_call() {
     assert_eq!(sample(&text, "switchboard_disconnects_total", Some(("cause", "close"))), 1.0);
     assert_eq!(sample(&text, "switchboard_calls_active", None), 0.0);
     assert_eq!(sample(&text, "switchboard_rooms", None), 1.0);
+    assert_eq!(sample(&text, "switchboard_connections_open", None), 1.0);
+    assert_eq!(sample(&text, "switchboard_connections_total", None), 2.0);
+}
+
+/// Byte counters count every websocket frame after the handshake exactly: payload plus header, masked from clients.
+#[tokio::test]
+async fn byte_counters_are_exact() {
+    let server = TestServer::start().await;
+    let (mut sent, mut received) = (0, 0);
+    let mut callee = server.client().await;
+    let mut caller = server.client().await;
+    let mut exchange = |from_client: usize, to_client: usize| {
+        sent += from_client + frame_header(from_client, true);
+        received += to_client + frame_header(to_client, false);
+    };
+    for (c, room) in [(&mut callee, "a"), (&mut caller, "b")] {
+        let reg = json!({"class":"request","method":"register","transaction_id":"t","room_id":room}).to_string();
+        c.send_text(reg.clone()).await;
+        let accept = c.recv_raw().await;
+        exchange(reg.len(), accept.len());
+    }
+    // A relay of 300 bytes (a 16-bit length header) is forwarded verbatim; its answer is a server-built reject.
+    let mut offer = call("T", "g", "a");
+    offer["sdp"] = json!("x".repeat(300));
+    let offer = offer.to_string();
+    caller.send_text(offer.clone()).await;
+    assert_eq!(callee.recv_raw().await, offer);
+    exchange(offer.len(), offer.len());
+    let rej = answer("reject", "T", "g", "a").to_string();
+    callee.send_text(rej.clone()).await;
+    let relayed = caller.recv_raw().await;
+    exchange(rej.len(), relayed.len());
+
+    let text = scrape(server.addr).await;
+    assert_eq!(sample(&text, "switchboard_received_bytes_total", None), sent as f64, "{text}");
+    assert_eq!(sample(&text, "switchboard_sent_bytes_total", None), received as f64, "{text}");
 }

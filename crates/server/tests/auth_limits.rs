@@ -125,6 +125,7 @@ async fn a_token_holder_takes_over_a_stale_room() {
     assert_server_bye(&viewer.recv().await, "g", "cam_1", "peer unregister");
     let (code, _) = old.until_closed(WAIT).await;
     assert_eq!(code, Some(4409));
+    assert_eq!(disconnects(server.addr, "taken_over").await, 1.0);
     // The new holder really holds it.
     viewer.send(call("T2", "g2", "cam_1")).await;
     assert_eq!(new.recv().await["transaction_id"], "T2");

@@ -75,6 +75,16 @@ async fn ephemeral_turn_credentials_are_per_registration() {
     let url = entry["url"].as_str().unwrap();
     assert!(url.starts_with("turn:127.0.0.1:") && url.ends_with("?transport=udp"), "{url}");
     assert_ne!(url, "turn:127.0.0.1:0?transport=udp");
+
+    // A second registration gets a credential of its own, bound to its own room.
+    let mut b = server.client().await;
+    let accept = b.request(json!({"class":"request","method":"register","room_id":"cam2"})).await;
+    let other = &accept["ice_servers"][0];
+    let other_ufrag = other["ufrag"].as_str().unwrap();
+    assert_eq!(other_ufrag.split_once(':').unwrap().1, "cam2");
+    assert_ne!(other["pwd"], entry["pwd"]);
+    assert_eq!(other["pwd"], switchboard_turn::credentials::ephemeral_password(b"shared-secret", other_ufrag));
+    // (turn_socket.rs proves both allocate on the TURN server and neither password fits the other's username.)
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ async fn a_silent_session_is_pinged_then_closed_and_its_peer_gets_bye_over_tcp()
         }
     }
     assert!(saw_call && pings >= 1, "call {saw_call}, {pings} pings");
+    assert_eq!(disconnects(server.addr, "timeout").await, 1.0);
     // The caller, answering pings, is still there.
     caller.assert_nothing_pending().await;
 }
@@ -81,6 +82,7 @@ async fn a_flooding_session_is_refused_then_closed_1008_over_tcp() {
     assert_eq!(codes[passed..], ["rate_limited"; 4], "{codes:?}");
     assert_eq!(code, Some(1008));
     other.assert_nothing_pending().await;
+    assert_eq!(disconnects(server.addr, "rate_limited").await, 1.0);
 }
 
 #[tokio::test]
@@ -106,7 +108,9 @@ async fn finish(mut s: TcpStream, rest: &str) -> String {
 #[tokio::test]
 async fn during_shutdown_readyz_is_503_and_upgrades_are_refused() {
     let server = TestServer::start_with(|c| c.signaling.shutdown_grace = Duration::from_secs(5)).await;
-    // Two connections whose request heads are half sent when shutdown begins.
+    // Three connections whose request heads are half sent when shutdown begins.
+    let mut metrics = TcpStream::connect(server.addr).await.unwrap();
+    metrics.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut ready = TcpStream::connect(server.addr).await.unwrap();
     ready.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut upgrade = TcpStream::connect(server.addr).await.unwrap();
@@ -124,6 +128,10 @@ async fn during_shutdown_readyz_is_503_and_upgrades_are_refused() {
     assert!(answer.ends_with("shutting down\n"), "{answer}");
     let answer = finish(upgrade, "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The session closed by shutdown was counted as such.
+    let answer = finish(metrics, "Connection: close\r\n\r\n").await;
+    let text = answer.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(sample(text, "switchboard_disconnects_total", Some(("cause", "shutdown"))), 1.0, "{text}");
     // No new connection is accepted at all.
     tokio::time::timeout(WAIT, server.task).await.expect("shutdown within the deadline").unwrap().unwrap();
     assert!(TcpStream::connect(server.addr).await.is_err(), "the listener is closed");

@@ -57,6 +57,8 @@ async fn binary_frame_closes_1003_and_the_counterpart_gets_bye() {
     caller.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(caller.until_closed(WAIT).await.0, Some(1003));
     assert_server_bye(&callee.recv().await, "g", "a", "peer unregister");
+    assert_eq!(disconnects(server.addr, "protocol").await, 1.0);
+    assert_eq!(disconnects(server.addr, "close").await, 0.0);
 }
 
 #[tokio::test]
@@ -116,6 +118,7 @@ async fn a_slow_consumer_is_disconnected_and_its_peer_gets_bye() {
     .await
     .expect("the slow consumer was not disconnected within 30 s");
     assert_server_bye(&bye, "g", "slow", "peer unregister");
+    assert_eq!(disconnects(server.addr, "slow_consumer").await, 1.0);
     // The room was freed.
     drop(slow);
     let _again = server.registered("slow").await;

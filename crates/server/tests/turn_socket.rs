@@ -39,6 +39,33 @@ struct Creds {
     turn: SocketAddr,
 }
 
+/// The credential of a fresh registration of `room` on `server`.
+async fn creds_for(server: &TestServer, room: &str) -> (Client, Creds) {
+    let mut sig = server.client().await;
+    let accept = sig.request(json!({"class":"request","method":"register","room_id":room})).await;
+    let ice = &accept["ice_servers"][0];
+    let user = ice["ufrag"].as_str().unwrap().to_owned();
+    let key = long_term_key(&user, "switchboard", ice["pwd"].as_str().unwrap());
+    (sig, Creds { user, key, turn: server.turn.as_ref().unwrap().local_addr() })
+}
+
+/// What an Allocate got: its error code, or the relayed address.
+struct Allocated {
+    sock: UdpSocket,
+    error: Option<u16>,
+    relay: Option<SocketAddr>,
+}
+
+/// Allocates over a fresh UDP socket.
+async fn allocate(c: &Creds) -> Allocated {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let nonce = nonce_over_udp(&sock, c.turn).await;
+    let resp = udp_round_trip(&sock, c.turn, signed(c, &nonce, method::ALLOCATE, udp_transport)).await;
+    let m = Message::parse(&resp).unwrap();
+    let (error, relay) = (m.error_code(), m.xor_address(attr::XOR_RELAYED_ADDRESS));
+    Allocated { sock, error, relay }
+}
+
 async fn server_and_creds(tweak: impl FnOnce(&mut switchboard_server::Config)) -> (TestServer, Creds) {
     let server = TestServer::start_with(|c| {
         c.turn.credentials = CredentialMode::Ephemeral;
@@ -276,5 +303,119 @@ async fn tcp_connections_per_source_address_are_capped() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the freed place was never given again");
+    }
+}
+
+/// Every registration's credential allocates on its own; a password never fits another registration's username;
+/// per-user and total quotas answer 486 through the running server.
+#[tokio::test]
+async fn per_registration_credentials_and_quotas() {
+    let (server, a) = server_and_creds(|c| {
+        c.turn.user_quota = 2;
+        c.turn.total_quota = 3;
+    })
+    .await;
+    let (_sig_b, b) = creds_for(&server, "cam2").await;
+    assert_ne!(a.user, b.user);
+    let crossed = Creds { user: a.user.clone(), key: long_term_key(&a.user, "switchboard", "x"), turn: a.turn };
+    let mut held = Vec::new();
+    for (who, c) in [("a", &a), ("a", &a), ("b", &b)] {
+        let a = allocate(c).await;
+        assert!(a.relay.is_some(), "{who}: {:?}", a.error);
+        held.push(a.sock);
+    }
+    assert_eq!(allocate(&a).await.error, Some(486), "a third allocation for one user");
+    assert_eq!(allocate(&b).await.error, Some(486), "a fourth allocation in total");
+    assert_eq!(allocate(&crossed).await.error, Some(401));
+    let text = scrape(server.addr).await;
+    assert_eq!(sample(&text, "switchboard_turn_allocations_active", None), 3.0);
+    assert_eq!(sample(&text, "switchboard_turn_allocations_total", None), 3.0);
+}
+
+/// The relay port range of the config is where relays are bound, and a full range answers 508.
+#[tokio::test]
+async fn relay_ports_come_from_the_configured_range() {
+    // Two neighbouring ports that are free now.
+    let lo = loop {
+        let p = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p < 65_000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let (_server, c) = server_and_creds(|c| (c.turn.relay_port_min, c.turn.relay_port_max) = (lo, lo + 1)).await;
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let a = allocate(&c).await;
+        ports.push(a.relay.unwrap_or_else(|| panic!("{:?}", a.error)).port());
+        held.push(a.sock);
+    }
+    ports.sort();
+    assert_eq!(ports, [lo, lo + 1]);
+    assert_eq!(allocate(&c).await.error, Some(508), "the range is exhausted");
+}
+
+/// The per-allocation bandwidth cap drops what exceeds it, counted in the metrics; relayed bytes are exact.
+#[tokio::test]
+async fn bandwidth_cap_and_relay_counters_through_a_running_server() {
+    const CAP: u64 = 2_000; // bytes per second, and the bucket's size
+    let (server, c) = server_and_creds(|c| {
+        c.turn.allow_peers = vec!["127.0.0.0/8".parse().unwrap()];
+        c.turn.bandwidth = Some(CAP);
+    })
+    .await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let Allocated { sock, relay, .. } = allocate(&c).await;
+    let relay = relay.unwrap();
+    let nonce = nonce_over_udp(&sock, c.turn).await;
+    let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
+        b.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).xor_address(attr::XOR_PEER_ADDRESS, peer.local_addr().unwrap())
+    });
+    assert_eq!(Message::parse(&udp_round_trip(&sock, c.turn, req).await).unwrap().class(), Class::Success);
+
+    // 20 × 500 payload bytes at once: about CAP bytes pass (plus what refills meanwhile), the rest is dropped.
+    let mut frame = vec![0x40, 0x00, 0x01, 0xf4];
+    frame.extend([7u8; 500]);
+    for _ in 0..20 {
+        sock.send_to(&frame, c.turn).await.unwrap();
+    }
+    let turn = server.turn.as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while turn.stats().packets_to_peers + turn.stats().packets_dropped < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "not every packet was relayed or dropped: {:?}", turn.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = turn.stats();
+    assert!((4..=6).contains(&stats.packets_to_peers), "{stats:?}");
+    let mut buf = [0u8; 1024];
+    for _ in 0..stats.packets_to_peers {
+        let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((n, from), (500, relay));
+    }
+    peer.send_to(b"back", relay).await.unwrap();
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], &[0x40, 0x00, 0x00, 0x04, b'b', b'a', b'c', b'k']);
+
+    let text = scrape(server.addr).await;
+    let passed = stats.packets_to_peers as f64;
+    assert_eq!(sample(&text, "switchboard_turn_relayed_packets_to_peers_total", None), passed);
+    assert_eq!(sample(&text, "switchboard_turn_relayed_bytes_to_peers_total", None), passed * 500.0);
+    assert_eq!(sample(&text, "switchboard_turn_dropped_packets_total", None), 20.0 - passed);
+    assert_eq!(sample(&text, "switchboard_turn_relayed_packets_to_clients_total", None), 1.0);
+    assert_eq!(sample(&text, "switchboard_turn_relayed_bytes_to_clients_total", None), 4.0);
+    assert_eq!(sample(&text, "switchboard_turn_allocations_total", None), 1.0);
+}
+
+/// `turn.deny-peers` closes a range that is open by default (here a documentation range), and only that range.
+#[tokio::test]
+async fn configured_deny_peers_are_refused() {
+    let (_server, c) = server_and_creds(|c| c.turn.deny_peers = vec!["203.0.113.0/24".parse().unwrap()]).await;
+    let Allocated { sock, relay, .. } = allocate(&c).await;
+    assert!(relay.is_some());
+    let nonce = nonce_over_udp(&sock, c.turn).await;
+    for (peer, expected) in [("203.0.113.7:9", Some(403)), ("198.51.100.7:9", None)] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let req = signed(&c, &nonce, method::CREATE_PERMISSION, |b| b.xor_address(attr::XOR_PEER_ADDRESS, peer));
+        assert_eq!(Message::parse(&udp_round_trip(&sock, c.turn, req).await).unwrap().error_code(), expected, "{peer}");
     }
 }

@@ -370,6 +370,23 @@ fn denied_peers_are_refused_with_403_and_the_other_family_with_443() {
             assert_eq!(w.bind_channel(&c, 0x4000 + i as u16, peer), Some(403), "{peer}");
             assert!(w.send(&c, peer, b"x").is_none(), "{peer}");
             assert!(w.peer_sends(relay, peer, b"x").is_none(), "{peer}");
+            // The control: the same peer opened by the allow list gets its permission and data flows both ways, so
+            // the refusals above are the policy's doing (the unspecified address stays closed whatever is allowed).
+            let net = format!("{ip}/{}", if v6 { 128 } else { 32 }).parse().unwrap();
+            let mut open = World::new(|c| {
+                c.policy.relay_ips = own.iter().map(|ip| ip.parse().unwrap()).collect();
+                c.policy.allow.push(net);
+            });
+            open.relay_ip = w.relay_ip;
+            let mut oc = open.client(1000, Transport::Udp, 600);
+            let open_relay = open.allocate(&mut oc);
+            if peer.ip().is_unspecified() {
+                assert_eq!(open.permit(&oc, peer), Some(403), "{peer}");
+                continue;
+            }
+            assert_eq!(open.permit(&oc, peer), None, "{peer} opened by the allow list");
+            assert_eq!(open.send(&oc, peer, b"x"), Some((open_relay, peer, b"x".to_vec())), "{peer}");
+            assert!(open.peer_sends(open_relay, peer, b"y").is_some(), "{peer}");
         }
         for ip in other {
             let peer = SocketAddr::new(ip.parse().unwrap(), 9);

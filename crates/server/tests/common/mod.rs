@@ -282,3 +282,43 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// The value of one sample in Prometheus text, by metric name and (optional) label.
+pub fn sample(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics text parses");
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?} in\n{text}"));
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        prometheus_parse::Value::Histogram(ref h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+        _ => panic!("unexpected sample type for {name}"),
+    }
+}
+
+/// `GET /metrics` as text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, text) = http(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// `switchboard_disconnects_total{cause}` now.
+pub async fn disconnects(addr: SocketAddr, cause: &str) -> f64 {
+    sample(&scrape(addr).await, "switchboard_disconnects_total", Some(("cause", cause)))
+}
+
+/// The websocket header length of a frame with `len` payload bytes: from a client (masked) or from the server.
+pub fn frame_header(len: usize, from_client: bool) -> usize {
+    let base = match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    base + if from_client { 4 } else { 0 }
+}
