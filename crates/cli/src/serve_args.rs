@@ -178,7 +178,9 @@ mod tests {
             }),
             ("--turn-bandwidth", "SWITCHBOARD_TURN_BANDWIDTH", "125000", |c| c.turn.bandwidth == Some(125_000)),
             ("--max-message-size", "SWITCHBOARD_MAX_MESSAGE_SIZE", "4096", |c| c.signaling.max_message_size == 4096),
-            ("--call-timeout", "SWITCHBOARD_CALL_TIMEOUT", "5s", |c| c.signaling.call_timeout == Duration::from_secs(5)),
+            ("--call-timeout", "SWITCHBOARD_CALL_TIMEOUT", "5s", |c| {
+                c.signaling.call_timeout == Duration::from_secs(5)
+            }),
             ("--shutdown-grace", "SWITCHBOARD_SHUTDOWN_GRACE", "2s", |c| {
                 c.signaling.shutdown_grace == Duration::from_secs(2)
             }),

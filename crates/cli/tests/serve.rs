@@ -117,7 +117,8 @@ fn mint(args: &[&str]) -> String {
 async fn minted_tokens_grant_exactly_their_rooms_and_calls() {
     let server = Serve::start(&["--auth-secret", "tok-secret"], &[]);
     let keeper = mint(&["--secret", "tok-secret", "--sub", "cam", "--rooms", "cam_*", "--ttl", "5m"]);
-    let viewer = mint(&["--secret", "tok-secret", "--sub", "v", "--rooms", "viewer_*", "--call", "cam_1", "--ttl", "5m"]);
+    let viewer =
+        mint(&["--secret", "tok-secret", "--sub", "v", "--rooms", "viewer_*", "--call", "cam_1", "--ttl", "5m"]);
     let forged = mint(&["--secret", "other-secret", "--sub", "cam", "--rooms", "cam_*", "--ttl", "5m"]);
 
     let mut cam = Ws::connect(&format!("{}?token={keeper}", server.url())).await;
@@ -241,7 +242,8 @@ async fn turn_credentials_flag_selects_static_or_ephemeral() {
 /// Seconds since midnight of a text log line's leading RFC 3339 timestamp (`2026-12-03T12:00:00.123456Z …`).
 fn timestamp(line: &str) -> f64 {
     let time = line.split_whitespace().next().and_then(|t| t.split_once('T')).map(|(_, t)| t.trim_end_matches('Z'));
-    let parts: Vec<f64> = time.unwrap_or_else(|| panic!("no timestamp: {line}")).split(':').map(|p| p.parse().unwrap()).collect();
+    let parts: Vec<f64> =
+        time.unwrap_or_else(|| panic!("no timestamp: {line}")).split(':').map(|p| p.parse().unwrap()).collect();
     parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
 }
 

@@ -87,10 +87,8 @@ async fn secrets_and_credentials_never_reach_the_log_even_at_trace() {
     const AUTH: &str = "auth-secret-7f3a9c";
     const ADMIN: &str = "admin-secret-51be02";
     const TURN: &str = "turn-secret-c4d8e1";
-    let mut server = Serve::start(
-        &["--auth-secret", AUTH, "--admin-secret", ADMIN, "--turn-secret", TURN, "--log", "trace"],
-        &[],
-    );
+    let mut server =
+        Serve::start(&["--auth-secret", AUTH, "--admin-secret", ADMIN, "--turn-secret", TURN, "--log", "trace"], &[]);
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["token", "--secret", AUTH, "--sub", "cam", "--rooms", "cam_*", "--call", "cam_*", "--ttl", "5m"]);
     let (status, token, _) = output(cmd, WAIT);
@@ -99,11 +97,13 @@ async fn secrets_and_credentials_never_reach_the_log_even_at_trace() {
 
     // The token in the query and in an Authorization header; a wrong token too.
     let mut cam = Ws::connect(&format!("{}?token={token}", server.url())).await;
-    let accept = cam.request(&json!({"class":"request","method":"register","transaction_id":"t","room_id":"cam_1"})).await;
+    let accept =
+        cam.request(&json!({"class":"request","method":"register","transaction_id":"t","room_id":"cam_1"})).await;
     assert_eq!(accept["class"], "accept", "{accept}");
     let wrong = format!("{}x", &token[..token.len() - 1]);
     let mut w = Ws::connect(&format!("{}?token={wrong}", server.url())).await;
-    let refused = w.request(&json!({"class":"request","method":"register","transaction_id":"t","room_id":"cam_2"})).await;
+    let refused =
+        w.request(&json!({"class":"request","method":"register","transaction_id":"t","room_id":"cam_2"})).await;
     assert_eq!(refused["code"], "unauthorized");
     let (status, _) = server.http("GET", "/api/rooms", &format!("Authorization: Bearer {ADMIN}\r\n"), "");
     assert_eq!(status, 200);
@@ -119,7 +119,8 @@ async fn secrets_and_credentials_never_reach_the_log_even_at_trace() {
     sock.set_read_timeout(Some(WAIT)).unwrap();
     sock.connect(server.turn).unwrap();
     let transport = |b: Builder| b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    let challenge = turn_round_trip(&sock, &transport(Builder::new(Class::Request, method::ALLOCATE, [1; 12])).finish());
+    let challenge =
+        turn_round_trip(&sock, &transport(Builder::new(Class::Request, method::ALLOCATE, [1; 12])).finish());
     let nonce = Message::parse(&challenge).unwrap().text(attr::NONCE).unwrap().to_owned();
     let allocate = |password: &str, tid: [u8; 12]| {
         transport(Builder::new(Class::Request, method::ALLOCATE, tid))

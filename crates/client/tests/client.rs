@@ -182,3 +182,102 @@ async fn reconnects_after_a_server_restart_and_registers_the_room_again() {
     a.accept(&call, "answer".into()).await.unwrap();
     assert_eq!(calling.await.unwrap().unwrap(), "answer");
 }
+
+/// A TCP proxy in front of the server that can cut a connection on the client's side only: the server keeps the old
+/// session (and its room) until the test hands back the upstream half and drops it, as when a client's network dies
+/// before the server notices.
+struct CuttingProxy {
+    url: String,
+    cuts: mpsc::Receiver<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<tokio::net::TcpStream>>>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/signaling", listener.local_addr().unwrap());
+        let (tx, cuts) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<_>>();
+                let _ = tx.send(cut_tx).await;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        Ok(hand_back) = cut_rx => {
+                            drop(client);
+                            let _ = hand_back.send(server);
+                        }
+                    }
+                });
+            }
+        });
+        CuttingProxy { url, cuts }
+    }
+
+    /// Cuts the oldest connection not yet cut on the client's side; returns its still-open server side.
+    async fn cut_next(&mut self) -> tokio::net::TcpStream {
+        let cut = tokio::time::timeout(WAIT, self.cuts.recv()).await.unwrap().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        cut.send(tx).unwrap();
+        tokio::time::timeout(WAIT, rx).await.unwrap().unwrap()
+    }
+}
+
+/// `switchboard_rejects_total{code="room_conflict"}` of the server at `url`.
+async fn room_conflicts(url: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/signaling");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut text)).await.unwrap().unwrap();
+    let line = text.lines().find(|l| l.starts_with("switchboard_rejects_total{code=\"room_conflict\"}"));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+/// A client through the proxy, registered as "keeper", whose connection is then cut on its side only.
+async fn keeper_cut_off(url: &str) -> (CuttingProxy, Client, mpsc::Receiver<Event>, tokio::net::TcpStream) {
+    let mut proxy =
+        CuttingProxy::start(url.trim_start_matches("ws://").trim_end_matches("/signaling").parse().unwrap()).await;
+    let mut config = ClientConfig::new(&proxy.url);
+    config.reconnect =
+        Some(switchboard_client::Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(1) });
+    let (a, mut events) = Client::connect(config).await.unwrap();
+    a.register(Some("keeper")).await.unwrap();
+    let old_session = proxy.cut_next().await;
+    assert!(matches!(next(&mut events).await, Event::Disconnected));
+    (proxy, a, events, old_session)
+}
+
+#[tokio::test]
+async fn re_register_retries_while_the_old_session_still_holds_the_room() {
+    let (url, _stop, _task) = server(config("127.0.0.1:0")).await;
+    let (_proxy, _a, mut events, old_session) = keeper_cut_off(&url).await;
+    // The server has not noticed the drop: the fresh connection's re-register is refused as a conflict…
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while room_conflicts(&url).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no re-register attempt reached the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // …until the old session ends; a retry then takes the room back.
+    drop(old_session);
+    let Event::Reconnected { room_id } = next(&mut events).await else { panic!("expected a reconnect") };
+    assert_eq!(room_id.as_deref(), Some("keeper"));
+    let conflicts = room_conflicts(&url).await;
+    assert!((1..5).contains(&conflicts), "{conflicts} refused attempts before the accept");
+    let (other, _o) = Client::connect(ClientConfig::new(&url)).await.unwrap();
+    let err = other.register(Some("keeper")).await.unwrap_err();
+    assert!(matches!(err, ClientError::Rejected { code: Some(RejectCode::RoomConflict), .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn re_register_gives_up_after_five_refusals_and_says_so() {
+    let (url, _stop, _task) = server(config("127.0.0.1:0")).await;
+    let (_proxy, a, mut events, _old_session) = keeper_cut_off(&url).await;
+    let Event::Reconnected { room_id } = next(&mut events).await else { panic!("expected a reconnect") };
+    assert_eq!(room_id, None, "the room could not be taken back");
+    assert_eq!(room_conflicts(&url).await, 5);
+    // The connection itself works: the client can register another room.
+    assert_eq!(a.register(Some("keeper2")).await.unwrap().room_id, "keeper2");
+}

@@ -128,7 +128,11 @@ mod tests {
         assert!(page.contains(r#"src="demo.js""#) && page.contains(r#"href="demo.css""#), "index.html asset links");
         assert!(ASSETS[2].body.contains(r#"from "./switchboard.js""#), "demo.js imports the SDK");
         // What CONTENT_SECURITY_POLICY forbids: inline script, inline event handlers and style attributes.
-        assert_eq!(page.matches("<script").count(), page.matches("<script type=\"module\" src=").count(), "inline script");
+        assert_eq!(
+            page.matches("<script").count(),
+            page.matches("<script type=\"module\" src=").count(),
+            "inline script"
+        );
         assert!(!page.contains(" style=") && !page.contains(" onclick="), "inline style or handler in index.html");
     }
 }

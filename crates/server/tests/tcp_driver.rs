@@ -126,7 +126,8 @@ async fn during_shutdown_readyz_is_503_and_upgrades_are_refused() {
     let answer = finish(ready, "Connection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.ends_with("shutting down\n"), "{answer}");
-    let answer = finish(upgrade, "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
+    let answer =
+        finish(upgrade, "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     // The session closed by shutdown was counted as such.
     let answer = finish(metrics, "Connection: close\r\n\r\n").await;

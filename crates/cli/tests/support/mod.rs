@@ -138,7 +138,14 @@ impl Drop for Proc {
 
 /// One HTTP/1.1 request (`Connection: close`) with a deadline on every step; returns the status and body.
 /// `headers` are whole header lines, each ending in `\r\n`.
-pub fn http(addr: SocketAddr, method: &str, path_and_query: &str, headers: &str, body: &str, timeout: Duration) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &str,
+    body: &str,
+    timeout: Duration,
+) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, timeout).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(timeout)).unwrap();
     s.set_write_timeout(Some(timeout)).unwrap();
@@ -177,7 +184,6 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-
 /// Polls `probe` until it returns `Some`, or panics with `what` (and the last value seen) at the deadline.
 pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
@@ -191,7 +197,6 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> R
     }
     panic!("{what}: not within {timeout:?}; last: {last}");
 }
-
 
 /// Runs `cmd` to completion within `timeout` (killed and reported otherwise); returns its status, stdout and stderr.
 pub fn output(mut cmd: Command, timeout: Duration) -> (std::process::ExitStatus, String, String) {

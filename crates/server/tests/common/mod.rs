@@ -250,7 +250,8 @@ pub fn assert_reject(v: &Value, code: &str) {
 /// A minimal HTTP/1.1 request over a real socket; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.expect("connect within the deadline").unwrap();
+    let mut s =
+        tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.expect("connect within the deadline").unwrap();
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
