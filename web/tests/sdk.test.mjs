@@ -310,7 +310,7 @@ test("candidates and byes both ways", async () => {
   client.close();
 });
 
-test("a drop fails pending requests, reconnects with growing backoff and registers the room again", async () => {
+test("a drop fails pending requests, reconnects and registers the room again", async () => {
   const { client, ws } = await connected({ reconnect: { initialMs: 40, maxMs: 160 } });
   const reg = client.register();
   ws.receive({ class: "accept", method: "register", transaction_id: ws.sent.at(-1).transaction_id, room_id: "5_assigned", ice_servers: [] });
@@ -330,10 +330,57 @@ test("a drop fails pending requests, reconnects with growing backoff and registe
   assert.equal(again.room_id, "5_assigned");
   FakeSocket.all[4].receive({ class: "accept", method: "register", transaction_id: again.transaction_id, room_id: "5_assigned", ice_servers: [] });
   assert.deepEqual(await reconnected, { roomId: "5_assigned", error: null });
+  client.close();
+});
 
-  // Delays: 40, 80, 160, then capped at 160 (each ±20 %); each wait is longer than the one before.
-  const gaps = [2, 3, 4].map((i) => FakeSocket.all[i].createdAt - FakeSocket.all[i - 1].createdAt);
-  assert.ok(gaps[0] > 40 * 0.8 * 2 * 0.75 && gaps[1] > gaps[0] * 1.1, `backoff grows: ${gaps.map(Math.round)}`);
+/** Lets every pending promise callback run (setImmediate is not faked by the mock timers below). */
+async function settle() {
+  for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+}
+
+/**
+ * With setTimeout faked, drops the connection and checks each reconnect attempt happens exactly `delays[i]` ms after
+ * the previous one failed: not a millisecond earlier, and at that instant. Every attempt is refused.
+ */
+async function expectReconnectDelays(t, client, ws, delays) {
+  FakeSocket.refuse = delays.length;
+  ws.drop(1006);
+  await settle();
+  for (const [i, delay] of delays.entries()) {
+    const before = FakeSocket.all.length;
+    t.mock.timers.tick(delay - 1);
+    await settle();
+    assert.equal(FakeSocket.all.length, before, `attempt ${i + 1} came before ${delay} ms`);
+    t.mock.timers.tick(1);
+    await settle();
+    assert.equal(FakeSocket.all.length, before + 1, `attempt ${i + 1} at ${delay} ms`);
+    t.mock.timers.tick(0); // the refusal
+    await settle();
+  }
+}
+
+test("reconnect backoff by default: 200 ms doubling to a 10 s cap", async (t) => {
+  const { client, ws } = await connected();
+  t.mock.method(Math, "random", () => 0.5); // no jitter
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  await expectReconnectDelays(t, client, ws, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+  client.close();
+});
+
+test("reconnect backoff: configured initial and cap, and ±20 % jitter at its bounds", async (t) => {
+  const random = t.mock.method(Math, "random", () => 0);
+  const reconnect = { initialMs: 100, maxMs: 250 };
+  // random() = 0 gives 0.8 × the base: 80, 160, then the cap 250 → 200.
+  let { client, ws } = await connected({ reconnect });
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  await expectReconnectDelays(t, client, ws, [80, 160, 200]);
+  client.close();
+  t.mock.timers.reset();
+  // random() just under 1 gives just under 1.2 × the base.
+  random.mock.mockImplementation(() => 0.999_999);
+  ({ client, ws } = await connected({ reconnect }));
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  await expectReconnectDelays(t, client, ws, [120, 240, 300]);
   client.close();
 });
 
