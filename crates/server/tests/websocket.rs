@@ -205,7 +205,7 @@ async fn an_upgrade_after_a_plain_request_on_a_keep_alive_connection() {
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
         .expect("content-length");
     let mut body = vec![0; len];
-    s.read_exact(&mut body).await.unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut body)).await.expect("the body in time").unwrap();
     assert_eq!(body, b"ok\n");
 
     // The same connection now upgrades, through the HTTP server this time, which reads the same header lists.
