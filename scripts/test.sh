@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # - chromium (+ a font for readable screenshots): the browser tests drive Debian's /usr/bin/chromium.
 # - iproute2: `ip link` inside the private network namespaces of the browser and ZLMediaKit tests.
 # - libsrtp2-1, libssl3: runtime libraries of ZLMediaKit's MediaServer (../shared/zlm or SWITCHBOARD_ZLM_BIN).
-APT_PACKAGES=(coturn ffmpeg chromium fonts-liberation iproute2 libsrtp2-1 libssl3)
+# - redis-server: the cluster backbone's tests start their own (free port, no persistence); nothing runs it here.
+APT_PACKAGES=(coturn ffmpeg chromium fonts-liberation iproute2 libsrtp2-1 libssl3 redis-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the one typed configuration.
 //! - [`hub`]: rooms, calls and routing behind the [`hub::Hub`] trait; [`hub::MemoryHub`] is the single-node backend.
+//! - [`cluster`]: the backbone several nodes share in cluster mode (room registry with fencing, membership, bus).
 //! - [`ws`]: the websocket protocol, sans-IO (handshake and framing).
 //! - [`session`] and [`outbox`]: one websocket session, with its bounded outbound queue.
 //! - [`listener`]: the plain-TCP listener (upgrade on any path, before HTTP).
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -172,13 +172,24 @@ async fn serve_http(tcp: TcpStream, head: Vec<u8>, peer: SocketAddr, app: AppSta
         }
     });
     let io = TokioIo::new(Replay { head, at: 0, io: tcp });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
+    // A request whose head arrives during shutdown is still answered (`/readyz` says 503 then): hyper's graceful
+    // shutdown would close a connection whose request it has not read yet, so such a connection instead serves this
+    // one request without keep-alive. Connections that were open before shutdown finish their request and close.
+    let shutting_down = app.shutdown.is_cancelled();
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(!shutting_down)
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = app.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let result = if shutting_down {
+        conn.await
+    } else {
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = app.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = result {
