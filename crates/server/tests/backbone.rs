@@ -240,6 +240,72 @@ async fn contract<C: TestCluster>(mut cluster: C) {
     .await;
 }
 
+/// The bus over a backbone: envelopes queued without a pause go out in as few batches as `MAX_BATCH` allows, each
+/// destination in order; a full queue refuses at once; a batch the backbone refuses is counted as lost.
+async fn bus_contract<C: TestCluster>(mut cluster: C) {
+    use std::sync::Arc;
+    use switchboard_server::cluster::bus::{decode, BusFull, MAX_BATCH, QUEUE};
+    use switchboard_server::cluster::Bus;
+    let (a, b, c) = (Arc::new(cluster.node("a")), cluster.node("b"), cluster.node("c"));
+    for n in [&*a, &b, &c] {
+        n.join().await.unwrap();
+    }
+    let (mut to_b, mut to_c) = (b.inbox().await.unwrap(), c.inbox().await.unwrap());
+    let bus = Bus::new(a.clone());
+    // This test's runtime has one thread: the bus's senders run only when the test waits, after all is queued.
+    for i in 0..5000u32 {
+        bus.send("b", Bytes::from(format!("b{i}"))).unwrap();
+        if i < 3000 {
+            bus.send("c", Bytes::from(format!("c{i}"))).unwrap();
+        }
+    }
+    for (inbox, node, count) in [(&mut to_b, "b", 5000u32), (&mut to_c, "c", 3000)] {
+        let mut got = Vec::new();
+        while got.len() < count as usize {
+            let batch = tokio::time::timeout(WAIT, inbox.recv()).await.expect("a batch").unwrap();
+            got.extend(decode(&batch).unwrap());
+        }
+        let want: Vec<Bytes> = (0..count).map(|i| Bytes::from(format!("{node}{i}"))).collect();
+        assert_eq!(got, want, "{node}: every envelope, in order");
+    }
+    let batches = |n: usize| n.div_ceil(MAX_BATCH) as u64;
+    assert_eq!(bus.batches(), batches(5000) + batches(3000));
+
+    // A full queue refuses at once (nothing is sent while the test does not wait).
+    for i in 0..QUEUE {
+        bus.send("b", Bytes::from(i.to_string())).unwrap();
+    }
+    assert_eq!(bus.send("b", Bytes::from_static(b"one too many")), Err(BusFull("b".into())));
+    let mut drained = 0;
+    while drained < QUEUE {
+        drained += decode(&tokio::time::timeout(WAIT, to_b.recv()).await.unwrap().unwrap()).unwrap().len();
+    }
+
+    // The backbone down: queued envelopes are lost and counted, never retried out of order.
+    cluster.outage(true).await;
+    bus.send("c", Bytes::from_static(b"into the void")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while bus.lost() == 0 {
+        assert!(Instant::now() < deadline, "the refused batch was not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.lost(), 1);
+    cluster.outage(false).await;
+}
+
+#[tokio::test]
+async fn the_bus_batches_in_order_over_the_memory_backbone() {
+    let ids = ["a", "b", "c"].map(String::from).to_vec();
+    bus_contract(Memory(MemoryWorld::new(NODE_TIMEOUT), ids)).await;
+}
+
+#[tokio::test]
+async fn the_bus_batches_in_order_over_redis() {
+    let mut server = RedisServer::new(RedisServer::free_port());
+    server.start().await;
+    bus_contract(Redis(server)).await;
+}
+
 #[tokio::test]
 async fn the_memory_backbone_keeps_the_contract() {
     let ids = ["a", "b", "c"].map(String::from).to_vec();

@@ -15,6 +15,7 @@
 //!
 //! The cluster hub that uses this (sessions → `Hub` → cluster hub → backbone) is not built yet: issue 12.
 
+pub mod bus;
 mod memory;
 mod redis;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub use bus::Bus;
 pub use memory::{MemoryBackbone, MemoryWorld};
 pub use redis::RedisBackbone;
 
