@@ -16,6 +16,7 @@
 //! The cluster hub that uses this (sessions → `Hub` → cluster hub → backbone) is not built yet: issue 12.
 
 pub mod bus;
+pub mod membership;
 mod memory;
 mod redis;
 
