@@ -49,6 +49,8 @@ struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (e.g. `--requirepass`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -59,7 +61,7 @@ impl RedisServer {
     fn new(port: u16) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("switchboard-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        RedisServer { port, dir, child: None }
+        RedisServer { port, dir, child: None, extra: Vec::new() }
     }
 
     fn url(&self) -> String {
@@ -71,6 +73,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -343,4 +346,24 @@ fn node_ids_and_fences() {
     for bad in ["", "a 1 2", "a 1 2 3 4", "a x 2 3"] {
         assert_eq!(Fence::decode(bad), None, "{bad:?}");
     }
+}
+
+/// A Redis that needs a password: the password in the URL joins, a wrong one is refused at once (never a hang).
+#[tokio::test]
+async fn a_redis_with_a_password() {
+    let mut server = RedisServer::new(RedisServer::free_port());
+    server.extra = vec!["--requirepass".into(), "s3cret-pw".into()];
+    server.start().await;
+    let url = |pw: &str| format!("redis://:{pw}@127.0.0.1:{}/", server.port);
+    let good = RedisBackbone::new(&url("s3cret-pw"), "sbtest", "a", NODE_TIMEOUT).unwrap();
+    assert_eq!(good.join().await.unwrap().id, "a");
+    let f = fence(&good, 1, 1);
+    assert_eq!(good.claim("room", &f).await.unwrap(), Claim::Won);
+    let t = Instant::now();
+    let wrong = RedisBackbone::new(&url("wrong"), "sbtest", "b", NODE_TIMEOUT).unwrap();
+    let err = wrong.join().await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().to_lowercase().contains("pass") || err.to_string().contains("auth"), "{err}");
+    let none = RedisBackbone::new(&server.url(), "sbtest", "c", NODE_TIMEOUT).unwrap();
+    assert!(none.join().await.is_err(), "no password, no entry");
 }

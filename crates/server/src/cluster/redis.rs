@@ -166,10 +166,17 @@ impl RedisBackbone {
 
     async fn conn(&self) -> Result<ConnectionManager> {
         let connect = self.conn.get_or_try_init(|| async {
-            let conn = tokio::time::timeout(OP_TIMEOUT, ConnectionManager::new(self.client.clone()))
-                .await
-                .map_err(|_| BackboneError::Timeout(OP_TIMEOUT))?
-                .map_err(unavailable)?;
+            // One connection attempt per use (our callers retry on their own schedule), so that a refusal such as a
+            // wrong password is reported as what it is instead of retried into a timeout.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_number_of_retries(0)
+                .set_connection_timeout(Some(OP_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT));
+            let conn =
+                tokio::time::timeout(OP_TIMEOUT, ConnectionManager::new_with_config(self.client.clone(), config))
+                    .await
+                    .map_err(|_| BackboneError::Timeout(OP_TIMEOUT))?
+                    .map_err(unavailable)?;
             info!(node = %self.id, "connected to the redis backbone");
             Ok::<_, BackboneError>(conn)
         });
