@@ -386,7 +386,8 @@ async fn bandwidth_cap_and_relay_counters_through_a_running_server() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = turn.stats();
-    assert!((4..=6).contains(&stats.packets_to_peers), "{stats:?}");
+    // The bucket holds CAP bytes (4 packets); what refills while the 20 arrive may add a few on a loaded machine.
+    assert!((4..=8).contains(&stats.packets_to_peers), "{stats:?}");
     let mut buf = [0u8; 1024];
     for _ in 0..stats.packets_to_peers {
         let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf)).await.unwrap().unwrap();

@@ -362,9 +362,15 @@ impl Backbone for RedisBackbone {
                     },
                 };
                 let mut messages = sub.into_on_message();
-                while let Some(msg) = messages.next().await {
+                loop {
+                    // A dropped inbox ends the task at once, not at the next message.
+                    let msg = tokio::select! {
+                        msg = messages.next() => msg,
+                        () = tx.closed() => return,
+                    };
+                    let Some(msg) = msg else { break };
                     if tx.send(Bytes::from(msg.get_payload_bytes().to_vec())).await.is_err() {
-                        return; // the inbox was dropped
+                        return;
                     }
                 }
                 warn!(node = %id, "bus subscription lost; resubscribing");
