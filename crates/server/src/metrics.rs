@@ -174,7 +174,16 @@ impl Collector for TurnCollector {
                 s.auth_failures_unchallenged,
             ),
         ];
-        for (name, help, value) in counters {
+        let (tcp_refused, tcp_unallocated) = self.0.tcp_closed_by_limits();
+        let limits = [
+            ("turn_tcp_refused", "TURN TCP connections closed at accept: too many from one address", tcp_refused),
+            (
+                "turn_tcp_unallocated_closed",
+                "TURN TCP connections closed without an allocation in time",
+                tcp_unallocated,
+            ),
+        ];
+        for (name, help, value) in counters.into_iter().chain(limits) {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }

@@ -250,7 +250,7 @@ async fn closed_by_server(s: &mut TcpStream, within: Duration) -> tokio::time::I
 #[tokio::test]
 async fn tcp_connections_without_an_allocation_are_closed_after_the_timeout() {
     const TIMEOUT: Duration = Duration::from_millis(600);
-    let (_server, c) = server_and_creds(|c| c.turn.tcp_unallocated_timeout = TIMEOUT).await;
+    let (server, c) = server_and_creds(|c| c.turn.tcp_unallocated_timeout = TIMEOUT).await;
     let opened = tokio::time::Instant::now();
     let mut silent = TcpStream::connect(c.turn).await.unwrap();
     let mut half = TcpStream::connect(c.turn).await.unwrap();
@@ -271,6 +271,9 @@ async fn tcp_connections_without_an_allocation_are_closed_after_the_timeout() {
         let after = closed_by_server(s, TIMEOUT + WAIT).await - opened;
         assert!(after >= TIMEOUT, "{what}: closed after {after:?}, before the timeout");
     }
+    let text = scrape(server.addr).await;
+    assert_eq!(sample(&text, "switchboard_turn_tcp_unallocated_closed_total", None), 3.0);
+    assert_eq!(sample(&text, "switchboard_turn_tcp_refused_total", None), 0.0);
     // Past the timeout, the allocated connection still answers.
     tokio::time::sleep(TIMEOUT * 2).await;
     let binding = Builder::new(Class::Request, method::BINDING, [2; 12]).finish();
@@ -281,7 +284,7 @@ async fn tcp_connections_without_an_allocation_are_closed_after_the_timeout() {
 /// once, and a place that frees up can be taken again.
 #[tokio::test]
 async fn tcp_connections_per_source_address_are_capped() {
-    let (_server, c) = server_and_creds(|c| c.turn.tcp_connections_per_ip = 3).await;
+    let (server, c) = server_and_creds(|c| c.turn.tcp_connections_per_ip = 3).await;
     let binding = || Builder::new(Class::Request, method::BINDING, rand::random()).finish();
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -292,6 +295,8 @@ async fn tcp_connections_per_source_address_are_capped() {
     let mut extra = TcpStream::connect(c.turn).await.unwrap();
     let _ = extra.write_all(&binding()).await; // may already fail: the server closed it at accept
     closed_by_server(&mut extra, WAIT).await;
+    let text = scrape(server.addr).await;
+    assert_eq!(sample(&text, "switchboard_turn_tcp_refused_total", None), 1.0);
     drop(held.pop());
     // The freed place is taken again (the server sees the close asynchronously: retry until accepted).
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -74,6 +74,9 @@ struct Shared {
     tcp_per_ip: usize,
     /// How long a TCP connection may go without an allocation.
     tcp_unallocated_timeout: std::time::Duration,
+    /// TCP connections closed at accept (over `tcp_per_ip`), and for lack of an allocation.
+    tcp_refused: std::sync::atomic::AtomicU64,
+    tcp_unallocated: std::sync::atomic::AtomicU64,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -143,6 +146,8 @@ impl TurnServer {
             ports: (config.relay_port_min, config.relay_port_max),
             tcp_per_ip: config.tcp_connections_per_ip,
             tcp_unallocated_timeout: config.tcp_unallocated_timeout,
+            tcp_refused: Default::default(),
+            tcp_unallocated: Default::default(),
             tasks: tasks.clone(),
             stop: stop.clone(),
         });
@@ -161,6 +166,13 @@ impl TurnServer {
     /// Relay counters.
     pub fn stats(&self) -> Stats {
         self.shared.state.lock().engine.stats()
+    }
+
+    /// TURN-over-TCP connections closed by the limits: (at accept, over the per-address cap; without an allocation
+    /// past the timeout).
+    pub fn tcp_closed_by_limits(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.shared.tcp_refused.load(Relaxed), self.shared.tcp_unallocated.load(Relaxed))
     }
 
     /// Allocations held now.

@@ -37,6 +37,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             let open = st.tcp_per_ip.entry(addr.ip()).or_insert(0);
             if *open >= shared.tcp_per_ip {
                 debug!(peer = %addr, open = *open, "turn tcp: too many connections from this address; closing");
+                shared.tcp_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue; // dropping the stream closes it
             }
             *open += 1;
@@ -108,6 +109,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
                 }
                 Err(_) => {
                     debug!(peer = %client.addr, "turn tcp: no allocation within the timeout; closing");
+                    shared.tcp_unallocated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
             }
