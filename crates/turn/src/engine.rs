@@ -139,9 +139,28 @@ const CHANNEL_MIN: u16 = 0x4000;
 const CHANNEL_MAX: u16 = 0x7FFF;
 const UDP: u8 = 17;
 
-/// The request methods this engine serves (any other gets 400).
-const KNOWN_METHODS: &[u16] =
-    &[method::BINDING, method::ALLOCATE, method::REFRESH, method::CREATE_PERMISSION, method::CHANNEL_BIND];
+/// The request methods this engine serves (any other gets 400): one list, for the 420 check and the dispatch alike.
+#[derive(Clone, Copy)]
+enum Request {
+    Binding,
+    Allocate,
+    Refresh,
+    CreatePermission,
+    ChannelBind,
+}
+
+impl Request {
+    fn of(m: u16) -> Option<Request> {
+        Some(match m {
+            method::BINDING => Request::Binding,
+            method::ALLOCATE => Request::Allocate,
+            method::REFRESH => Request::Refresh,
+            method::CREATE_PERMISSION => Request::CreatePermission,
+            method::CHANNEL_BIND => Request::ChannelBind,
+            _ => return None,
+        })
+    }
+}
 
 /// Attributes this engine understands (anything else comprehension-required gets 420).
 const KNOWN: &[u16] = &[
@@ -274,23 +293,24 @@ impl Engine {
             }
         }
         let msg = Message::parse(buf).ok()?;
-        if msg.class() == Class::Request && KNOWN_METHODS.contains(&msg.method()) {
-            let unknown = msg.unknown_required(KNOWN);
-            if !unknown.is_empty() {
-                return self.unknown_attributes(now, from, &msg, unknown);
+        match (msg.class(), Request::of(msg.method())) {
+            (Class::Request, Some(request)) => {
+                let unknown = msg.unknown_required(KNOWN);
+                if !unknown.is_empty() {
+                    return self.unknown_attributes(now, from, &msg, unknown);
+                }
+                match request {
+                    Request::Binding => Some(self.binding(from, &msg)),
+                    Request::Allocate => self.allocate(now, from, &msg),
+                    Request::Refresh => Some(self.refresh(now, from, &msg)),
+                    Request::CreatePermission => Some(self.create_permission(now, from, &msg)),
+                    Request::ChannelBind => Some(self.channel_bind(now, from, &msg)),
+                }
             }
-        }
-        let answer = match (msg.class(), msg.method()) {
-            (Class::Request, method::BINDING) => Some(self.binding(from, &msg)),
-            (Class::Request, method::ALLOCATE) => self.allocate(now, from, &msg),
-            (Class::Request, method::REFRESH) => Some(self.refresh(now, from, &msg)),
-            (Class::Request, method::CREATE_PERMISSION) => Some(self.create_permission(now, from, &msg)),
-            (Class::Request, method::CHANNEL_BIND) => Some(self.channel_bind(now, from, &msg)),
-            (Class::Indication, method::SEND) => self.send_indication(now, from, &msg),
-            (Class::Request, _) => Some(to_client(from, error(&msg, 400, "Bad Request", None))),
+            (Class::Request, None) => Some(to_client(from, error(&msg, 400, "Bad Request", None))),
+            (Class::Indication, _) if msg.method() == method::SEND => self.send_indication(now, from, &msg),
             _ => None, // stray responses and unknown indications are ignored
-        };
-        answer
+        }
     }
 
     /// A datagram that reached relay address `relay` from `peer`. `buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + len]` is
