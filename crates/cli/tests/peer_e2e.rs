@@ -4,12 +4,16 @@
 //! The H.264 fixture is generated with ffmpeg (a missing ffmpeg fails the tests, with the package to install).
 //! Every wait has a deadline: processes are awaited with a timeout and logs are read line by line.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -103,24 +107,6 @@ fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-}
-
-/// A scratch directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("switchboard-peer-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A 3-second 320x240 30 fps baseline H.264 clip (Annex-B), generated once per test run.

@@ -149,11 +149,7 @@ async fn message_budget_rejects_then_closes_a_flooding_session() {
     let mut other = server.registered("other").await;
     let mut flooder = server.client().await;
     let probe = json!({"class":"request","method":"probe","transaction_id":"p"}).to_string();
-    for _ in 0..30 {
-        use futures_util::SinkExt;
-        flooder.ws.feed(probe.clone().into()).await.unwrap();
-    }
-    futures_util::SinkExt::flush(&mut flooder.ws).await.unwrap();
+    flooder.flood(&probe, 30).await;
     let (code, seen) = flooder.until_closed(Duration::from_secs(60)).await;
     let codes: Vec<&str> = seen.iter().map(|v| v["code"].as_str().unwrap()).collect();
     assert_eq!(codes[..10], ["unsupported"; 10], "rate + burst messages pass: {codes:?}");

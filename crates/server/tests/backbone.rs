@@ -132,10 +132,7 @@ async fn eventually<T>(what: &str, mut op: impl AsyncFnMut() -> Result<T, Backbo
     loop {
         match op().await {
             Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => panic!("{what}: still failing after {WAIT:?}: {e}"),
         }
     }

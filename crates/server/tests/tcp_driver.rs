@@ -69,11 +69,7 @@ async fn a_flooding_session_is_refused_then_closed_1008_over_tcp() {
     let mut other = server.registered("other").await;
     let mut flooder = server.client().await;
     let probe = json!({"class":"request","method":"probe","transaction_id":"p"}).to_string();
-    for _ in 0..30 {
-        use futures_util::SinkExt;
-        flooder.ws.feed(probe.clone().into()).await.unwrap();
-    }
-    futures_util::SinkExt::flush(&mut flooder.ws).await.unwrap();
+    flooder.flood(&probe, 30).await;
     let (code, seen) = flooder.until_closed(WAIT).await;
     let codes: Vec<&str> = seen.iter().map(|v| v["code"].as_str().unwrap()).collect();
     // Rate plus burst pass (a refill during the run may let one more through), then 4 refusals in a row close it.

@@ -84,13 +84,6 @@ impl Serve {
     pub fn http(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
         http(self.addr, method, path, headers, body, WAIT)
     }
-
-    /// The value of one `/metrics` sample line, e.g. `switchboard_rejects_total{code="bad_json"}`.
-    pub fn metric(&self, sample: &str) -> Option<f64> {
-        let (status, body) = self.http("GET", "/metrics", "", "");
-        assert_eq!(status, 200, "/metrics: {body}");
-        body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
-    }
 }
 
 /// The `addr` field of a log line, in text (`addr=1.2.3.4:5`) or JSON (`"addr":"1.2.3.4:5"`) format.

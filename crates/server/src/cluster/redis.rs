@@ -268,8 +268,7 @@ impl Backbone for RedisBackbone {
                 return Ok(Vec::new());
             }
             let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>((keys, values))
-                .map(|(keys, values)| keys.into_iter().zip(values).collect::<Vec<_>>())
+            Ok::<_, redis::RedisError>(keys.into_iter().zip(values).collect::<Vec<_>>())
         };
         let pairs = tokio::time::timeout(OP_TIMEOUT, scan)
             .await

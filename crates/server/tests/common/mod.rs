@@ -197,6 +197,14 @@ impl Client {
         }
     }
 
+    /// Sends `text` `n` times without waiting in between, then flushes (a flood, as one write where possible).
+    pub async fn flood(&mut self, text: &str, n: usize) {
+        for _ in 0..n {
+            self.ws.feed(Message::Text(text.to_owned().into())).await.expect("send");
+        }
+        self.ws.flush().await.expect("flush");
+    }
+
     /// Asserts that nothing is queued for this client: a probe's reject must be the very next message.
     pub async fn assert_nothing_pending(&mut self) {
         self.send(json!({"class":"request","method":"probe","transaction_id":"probe"})).await;
