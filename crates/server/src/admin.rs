@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::AppState;
+use crate::hub::HubUnavailable;
 
 /// Changes the process's log filter; returns the error text for a filter it cannot parse.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -82,23 +83,34 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn list_rooms(State(app): State<AppState>) -> Response {
-    Json(app.hub.rooms()).into_response()
+    match app.hub.rooms().await {
+        Ok(rooms) => Json(rooms).into_response(),
+        Err(e) => unavailable(&e),
+    }
 }
 
 async fn one_room(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    match app.hub.room(&id) {
-        Some(room) => Json(room).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("room {id:?} not found")}))).into_response(),
+    match app.hub.room(&id).await {
+        Ok(Some(room)) => Json(room).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": format!("room {id:?} not found")}))).into_response(),
+        Err(e) => unavailable(&e),
     }
 }
 
 async fn kick_room(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    if app.hub.kick(&id) {
-        tracing::info!(room = %id, "room holder kicked by the admin API");
-        Json(json!({"kicked": id})).into_response()
-    } else {
-        (StatusCode::NOT_FOUND, Json(json!({"error": format!("room {id:?} not found")}))).into_response()
+    match app.hub.kick(&id).await {
+        Ok(true) => {
+            tracing::info!(room = %id, "room holder kicked by the admin API");
+            Json(json!({"kicked": id})).into_response()
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, Json(json!({"error": format!("room {id:?} not found")}))).into_response(),
+        Err(e) => unavailable(&e),
     }
+}
+
+/// The cluster could not answer: 503, so that a retry (or another node) is the obvious next step.
+fn unavailable(e: &HubUnavailable) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response()
 }
 
 async fn get_log_level(State(app): State<AppState>) -> Response {
@@ -126,5 +138,8 @@ async fn zlm_list_rooms(State(app): State<AppState>, headers: HeaderMap, Query(q
         // ZLMediaKit answers HTTP 200 with a negative code.
         return Json(json!({"code": -100, "msg": "secret is incorrect"})).into_response();
     }
-    Json(json!({"code": 0, "data": app.hub.rooms()})).into_response()
+    match app.hub.rooms().await {
+        Ok(rooms) => Json(json!({"code": 0, "data": rooms})).into_response(),
+        Err(e) => Json(json!({"code": -500, "msg": e.to_string()})).into_response(),
+    }
 }

@@ -63,6 +63,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
 async fn readyz(State(app): State<AppState>) -> Response {
     if app.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if !app.hub.ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster backbone unreachable\n").into_response()
     } else {
         "ready\n".into_response()
     }

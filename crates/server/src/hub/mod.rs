@@ -11,10 +11,15 @@
 //! - Sending never blocks: a recipient whose queue is full is disconnected, and its own counterparts get their byes.
 
 mod memory;
+pub(crate) mod state;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use switchboard_proto::{Message, Reject};
 
-pub use memory::{CallLimits, MemoryHub};
+pub use memory::MemoryHub;
+pub use state::CallLimits;
 
 use crate::outbox::Outbox;
 
@@ -46,14 +51,27 @@ pub trait Hub: Send + Sync + 'static {
     fn begin_shutdown(&self);
 
     /// Every registered room, in ZLMediaKit's `listWebrtcRooms` shape.
-    fn rooms(&self) -> Vec<RoomInfo>;
+    fn rooms(&self) -> HubFuture<'_, Vec<RoomInfo>>;
 
     /// One room.
-    fn room(&self, room_id: &str) -> Option<RoomInfo>;
+    fn room<'a>(&'a self, room_id: &'a str) -> HubFuture<'a, Option<RoomInfo>>;
 
     /// Disconnects the holder of `room_id` (its counterparts get their byes); false if nobody holds it.
-    fn kick(&self, room_id: &str) -> bool;
+    fn kick<'a>(&'a self, room_id: &'a str) -> HubFuture<'a, bool>;
+
+    /// Whether the hub can serve new registers (a cluster hub cut off from its backbone cannot).
+    fn ready(&self) -> bool {
+        true
+    }
 }
+
+/// An admin query's answer; a cluster hub may not be able to give one.
+pub type HubFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HubUnavailable>> + Send + 'a>>;
+
+/// The hub cannot answer now (in cluster mode: the backbone or another node did not answer in time).
+#[derive(Debug, thiserror::Error)]
+#[error("cluster unavailable: {0}")]
+pub struct HubUnavailable(pub String);
 
 /// A room as the admin API shows it (ZLMediaKit's `listWebrtcRooms` item).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
