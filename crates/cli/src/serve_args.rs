@@ -75,6 +75,18 @@ pub struct ServeArgs {
     /// How long shutdown waits for sessions to close, e.g. `10s`.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Join a cluster whose backbone is this Redis, e.g. `redis://127.0.0.1:6379` (`rediss://` for TLS).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER", hide_env_values = true)]
+    cluster: Option<String>,
+    /// This node's id in the cluster (default: generated and logged).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_NODE_ID")]
+    cluster_node_id: Option<String>,
+    /// A node silent this long is declared lost, e.g. `10s`.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_NODE_TIMEOUT", value_parser = humantime::parse_duration)]
+    cluster_node_timeout: Option<Duration>,
+    /// How often a node renews its membership, e.g. `2s`.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_HEARTBEAT", value_parser = humantime::parse_duration)]
+    cluster_heartbeat: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -117,6 +129,11 @@ impl ServeArgs {
         if !self.external_ip.is_empty() {
             c.turn.external_ips = self.external_ip;
         }
+        let k = &mut c.cluster;
+        set(&mut k.url, self.cluster);
+        set(&mut k.node_id, self.cluster_node_id);
+        set(&mut k.node_timeout, self.cluster_node_timeout);
+        set(&mut k.heartbeat, self.cluster_heartbeat);
         Ok(c)
     }
 }
@@ -158,7 +175,7 @@ mod tests {
     #[test]
     fn every_flag_and_env_var_of_the_readme_table_sets_its_field() {
         type Check = fn(&Config) -> bool;
-        let cases: [(&str, &str, &str, Check); 18] = [
+        let cases: [(&str, &str, &str, Check); 22] = [
             ("--listen", "SWITCHBOARD_LISTEN", "127.0.0.1:9", |c| c.signaling.listen.to_string() == "127.0.0.1:9"),
             ("--external-ip", "SWITCHBOARD_EXTERNAL_IP", "192.0.2.1,192.0.2.2", |c| c.turn.external_ips.len() == 2),
             ("--turn-listen", "SWITCHBOARD_TURN_LISTEN", "127.0.0.1:7", |c| c.turn.listen.port() == 7),
@@ -191,6 +208,14 @@ mod tests {
             }),
             ("--tls-listen", "SWITCHBOARD_TLS_LISTEN", "127.0.0.1:5", |c| c.tls.listen.port() == 5),
             ("--dev-tls", "SWITCHBOARD_DEV_TLS", "true", |c| c.tls.dev_self_signed),
+            ("--cluster", "SWITCHBOARD_CLUSTER", "redis://127.0.0.1:1", |c| c.cluster.url == "redis://127.0.0.1:1"),
+            ("--cluster-node-id", "SWITCHBOARD_CLUSTER_NODE_ID", "n1", |c| c.cluster.node_id == "n1"),
+            ("--cluster-node-timeout", "SWITCHBOARD_CLUSTER_NODE_TIMEOUT", "4s", |c| {
+                c.cluster.node_timeout == Duration::from_secs(4)
+            }),
+            ("--cluster-heartbeat", "SWITCHBOARD_CLUSTER_HEARTBEAT", "1s", |c| {
+                c.cluster.heartbeat == Duration::from_secs(1)
+            }),
         ];
         // (--config has its own test: crates/cli/tests/serve.rs.)
         for (flag, var, value, check) in cases {

@@ -38,11 +38,13 @@ pub enum RejectCode {
     Unauthorized,
     /// The per-connection message budget is exceeded.
     RateLimited,
+    /// Cluster mode: the request needs the backbone and it cannot be reached.
+    Unavailable,
 }
 
 impl RejectCode {
     /// Every code, in precedence order.
-    pub const ALL: [RejectCode; 15] = [
+    pub const ALL: [RejectCode; 16] = [
         Self::BadJson,
         Self::MissingField,
         Self::BadField,
@@ -58,6 +60,7 @@ impl RejectCode {
         Self::CallTimeout,
         Self::Unauthorized,
         Self::RateLimited,
+        Self::Unavailable,
     ];
 
     /// The wire form, e.g. `room_not_found`.
@@ -78,6 +81,7 @@ impl RejectCode {
             Self::CallTimeout => "call_timeout",
             Self::Unauthorized => "unauthorized",
             Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
         }
     }
 

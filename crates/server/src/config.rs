@@ -30,6 +30,44 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The wss/https listener.
     pub tls: TlsConfig,
+    /// Cluster mode (SPEC.md §9; off unless a backbone URL is set).
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode: several nodes that share a Redis backbone behave as one server (docs/cluster.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS); empty: single node, no Redis.
+    pub url: String,
+    /// This node's id in the cluster (1–64 of `A-Za-z0-9_.-`); empty: generated at start and logged.
+    pub node_id: String,
+    /// A node that sends no heartbeat for this long is declared lost: its rooms are freed, its calls end.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// How often a node renews its membership (well under `node-timeout`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Prefix of every key and channel in Redis, so that several clusters can share one.
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            url: String::new(),
+            node_id: String::new(),
+            node_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+            prefix: "switchboard".into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
 }
 
 /// The TLS listener (wss and https): the same endpoints as the plain one.
@@ -321,6 +359,21 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert", "tls.cert and tls.key must be set together");
+        }
+        let c = &self.cluster;
+        if c.enabled() {
+            if !(c.url.starts_with("redis://") || c.url.starts_with("rediss://")) {
+                return invalid("cluster.url", "must be a redis:// or rediss:// URL");
+            }
+            if !c.node_id.is_empty() && !crate::cluster::valid_node_id(&c.node_id) {
+                return invalid("cluster.node-id", "1 to 64 characters of A-Z a-z 0-9 _ . -");
+            }
+            if c.heartbeat.is_zero() || c.heartbeat * 2 > c.node_timeout {
+                return invalid("cluster.heartbeat", "must be positive and at most half of cluster.node-timeout");
+            }
+            if c.prefix.is_empty() || c.prefix.contains(char::is_whitespace) {
+                return invalid("cluster.prefix", "must be non-empty, without spaces");
+            }
         }
         if let Some(bad) = self.ice_servers.iter().find(|s| !is_ice_url(&s.url)) {
             return Err(ConfigError::Invalid {

@@ -23,7 +23,7 @@ use crate::turn::TurnServer;
 /// The protocol's methods, in label order.
 pub const METHODS: [&str; 5] = ["register", "unregister", "call", "candidate", "bye"];
 /// Disconnect causes, in label order.
-pub const CAUSES: [Cause; 8] = [
+pub const CAUSES: [Cause; 9] = [
     Cause::Closed,
     Cause::Timeout,
     Cause::SlowConsumer,
@@ -32,6 +32,7 @@ pub const CAUSES: [Cause; 8] = [
     Cause::Kicked,
     Cause::TakenOver,
     Cause::RateLimited,
+    Cause::Restart,
 ];
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -110,6 +111,30 @@ impl Metrics {
         }
     }
 
+    /// Adds the cluster metrics (cluster mode only) and returns their handles.
+    pub fn register_cluster(&mut self) -> ClusterMetrics {
+        let m = ClusterMetrics {
+            backbone_up: Gauge::default(),
+            backbone_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            relays_sent: Counter::default(),
+            relays_received: Counter::default(),
+            nodes: Gauge::default(),
+            bus_dropped: Counter::default(),
+        };
+        let r = &mut self.registry;
+        r.register("cluster_backbone_up", "1 while the cluster backbone answers, else 0", m.backbone_up.clone());
+        r.register("cluster_backbone_rtt_seconds", "Round trip of backbone operations", m.backbone_rtt.clone());
+        r.register("cluster_relays_sent", "Messages sent to sessions' rooms on other nodes", m.relays_sent.clone());
+        r.register(
+            "cluster_relays_received",
+            "Messages received from callers on other nodes",
+            m.relays_received.clone(),
+        );
+        r.register("cluster_nodes", "Live cluster nodes seen, this one included", m.nodes.clone());
+        r.register("cluster_bus_dropped", "Envelopes to other nodes dropped (queue full)", m.bus_dropped.clone());
+        m
+    }
+
     /// Adds the TURN server's counters to every scrape.
     pub fn register_turn(&mut self, turn: TurnServer) {
         self.registry.register_collector(Box::new(TurnCollector(turn)));
@@ -139,6 +164,17 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Cluster mode's metrics (SPEC.md §9); the rooms this node holds are `switchboard_rooms`.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub backbone_up: Gauge,
+    pub backbone_rtt: Histogram,
+    pub relays_sent: Counter,
+    pub relays_received: Counter,
+    pub nodes: Gauge,
+    pub bus_dropped: Counter,
 }
 
 impl Default for Metrics {

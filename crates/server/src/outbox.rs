@@ -45,6 +45,8 @@ pub enum Cause {
     TakenOver,
     /// The session kept exceeding its message budget.
     RateLimited,
+    /// This node was declared lost by its cluster and is rejoining (SPEC.md §9): reconnect and register again.
+    Restart,
 }
 
 impl Cause {
@@ -59,6 +61,7 @@ impl Cause {
             Cause::Kicked => "kicked",
             Cause::TakenOver => "taken_over",
             Cause::RateLimited => "rate_limited",
+            Cause::Restart => "restart",
         }
     }
 }

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use axum::serve::{Listener, ListenerExt};
 
+use rand::distr::SampleString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,9 +18,10 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, LogControl};
 use crate::auth::Auth;
+use crate::cluster::{BackboneError, ClusterHub, ClusterTiming, MemoryBackbone, RedisBackbone};
 use crate::config::{Config, ConfigError};
 use crate::http::{router, AppState};
-use crate::hub::{CallLimits, Hub, MemoryHub};
+use crate::hub::{CallLimits, Hub, HubSettings, MemoryHub};
 use crate::ice::{detect_external_ip, turn_credentials, IceServers};
 use crate::limits::ConnectionLimits;
 use crate::memnet::{self, MemoryConnector, MemoryListener};
@@ -40,6 +42,14 @@ pub enum ServerError {
     Turn(#[from] TurnError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] BackboneError),
+}
+
+/// Which backbone a cluster node uses: Redis from the config, or an in-process one (tests, embedding).
+enum Backing {
+    FromConfig,
+    Memory(MemoryBackbone),
 }
 
 /// Where connections come from.
@@ -73,9 +83,19 @@ impl Server {
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
         info!(addr = %local_addr, "signaling listening");
         let tls = bind_tls(&config).await?;
-        let mut server = Server::new(config, Listening::Tcp(listener), local_addr, true).await?;
+        let mut server = Server::new(config, Listening::Tcp(listener), local_addr, true, Backing::FromConfig).await?;
         server.tls = tls;
         Ok(server)
+    }
+
+    /// Like [`Server::bind`], as a node of the in-process cluster `backbone` belongs to (`cluster.url` is ignored;
+    /// `cluster.heartbeat` applies).
+    pub async fn bind_in_cluster(config: Config, backbone: MemoryBackbone) -> Result<Server, ServerError> {
+        config.validate()?;
+        let addr = config.signaling.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        Server::new(config, Listening::Tcp(listener), local_addr, false, Backing::Memory(backbone)).await
     }
 
     /// The bound wss/https address, when TLS is on.
@@ -89,7 +109,19 @@ impl Server {
         config.validate()?;
         let (listener, connector) = memnet::pair();
         let local = SocketAddr::from(([0, 0, 0, 0], 0));
-        Ok((Server::new(config, Listening::Memory(listener), local, false).await?, connector))
+        Ok((Server::new(config, Listening::Memory(listener), local, false, Backing::FromConfig).await?, connector))
+    }
+
+    /// Like [`Server::in_memory`], as a node of the in-process cluster `backbone` belongs to.
+    pub async fn in_memory_in_cluster(
+        config: Config,
+        backbone: MemoryBackbone,
+    ) -> Result<(Server, MemoryConnector), ServerError> {
+        config.validate()?;
+        let (listener, connector) = memnet::pair();
+        let local = SocketAddr::from(([0, 0, 0, 0], 0));
+        let backing = Backing::Memory(backbone);
+        Ok((Server::new(config, Listening::Memory(listener), local, false, backing).await?, connector))
     }
 
     async fn new(
@@ -97,6 +129,7 @@ impl Server {
         listener: Listening,
         local_addr: SocketAddr,
         with_turn: bool,
+        backing: Backing,
     ) -> Result<Server, ServerError> {
         let external_ips = match config.turn.external_ips.as_slice() {
             [] => vec![detect_external_ip()],
@@ -123,11 +156,12 @@ impl Server {
         if let Some(t) = &turn {
             metrics.register_turn(t.clone());
         }
-        let metrics = Arc::new(metrics);
         let l = &config.limits;
         let call_limits = CallLimits { per_room: l.max_calls_per_room, per_caller: l.max_calls_per_caller };
-        let hub: Arc<dyn Hub> =
-            Arc::new(MemoryHub::new(ice, config.signaling.call_timeout, call_limits, metrics.clone()));
+        let settings = HubSettings { ice, call_timeout: config.signaling.call_timeout, call_limits };
+        let hub = make_hub(&config, settings, metrics, backing)?;
+        let metrics = hub.1;
+        let hub = hub.0;
         let auth = Auth::new(
             Some(config.auth.secret.as_str()).filter(|s| !s.is_empty()),
             config.auth.anonymous_networks.clone(),
@@ -228,6 +262,42 @@ impl Server {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The single-node hub, or in cluster mode a cluster hub over its backbone (joining in the background).
+fn make_hub(
+    config: &Config,
+    settings: HubSettings,
+    mut metrics: Metrics,
+    backing: Backing,
+) -> Result<(Arc<dyn Hub>, Arc<Metrics>), ServerError> {
+    let c = &config.cluster;
+    let timing = ClusterTiming { heartbeat: c.heartbeat };
+    let backbone = match backing {
+        Backing::FromConfig if !c.enabled() => {
+            let metrics = Arc::new(metrics);
+            let hub = MemoryHub::new(settings.ice, settings.call_timeout, settings.call_limits, metrics.clone());
+            return Ok((Arc::new(hub), metrics));
+        }
+        Backing::FromConfig => {
+            let node_id = if c.node_id.is_empty() {
+                format!("node-{}", rand::distr::Alphanumeric.sample_string(&mut rand::rng(), 10).to_lowercase())
+            } else {
+                c.node_id.clone()
+            };
+            info!(node = %node_id, node_timeout = ?c.node_timeout, "cluster mode: joining the cluster (Redis backbone)");
+            let backbone = RedisBackbone::new(&c.url, &c.prefix, &node_id, c.node_timeout)?;
+            let cluster = metrics.register_cluster();
+            let metrics = Arc::new(metrics);
+            let hub = ClusterHub::start(settings, metrics.clone(), cluster, Arc::new(backbone), timing);
+            return Ok((Arc::new(hub), metrics));
+        }
+        Backing::Memory(backbone) => backbone,
+    };
+    let cluster = metrics.register_cluster();
+    let metrics = Arc::new(metrics);
+    let hub = ClusterHub::start(settings, metrics.clone(), cluster, Arc::new(backbone), timing);
+    Ok((Arc::new(hub), metrics))
 }
 
 /// Binds the TLS listener when TLS is configured (certificate files, or a generated self-signed one).

@@ -13,9 +13,11 @@
 //! - Nothing hangs: an unreachable backbone is an error within the operation's deadline, which the hub answers with
 //!   `reject` code `unavailable`.
 //!
-//! The cluster hub that uses this (sessions → `Hub` → cluster hub → backbone) is not built yet: issue 12.
+//! The cluster hub ([`ClusterHub`]) sits on top: sessions → `Hub` → cluster hub → backbone.
 
 pub mod bus;
+pub mod envelope;
+mod hub;
 pub mod membership;
 mod memory;
 mod redis;
@@ -28,6 +30,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use bus::Bus;
+pub use hub::{ClusterHub, ClusterTiming};
 pub use memory::{MemoryBackbone, MemoryWorld};
 pub use redis::RedisBackbone;
 

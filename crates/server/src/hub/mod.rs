@@ -19,7 +19,7 @@ use std::pin::Pin;
 use switchboard_proto::{Message, Reject};
 
 pub use memory::MemoryHub;
-pub use state::CallLimits;
+pub use state::{CallLimits, Settings as HubSettings};
 
 use crate::outbox::Outbox;
 
@@ -74,7 +74,7 @@ pub type HubFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HubUnavailable
 pub struct HubUnavailable(pub String);
 
 /// A room as the admin API shows it (ZLMediaKit's `listWebrtcRooms` item).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoomInfo {
     pub room_id: String,
     /// Calls into this room.
@@ -83,12 +83,12 @@ pub struct RoomInfo {
     pub tours: Vec<TourInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestInfo {
     pub guest_id: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TourInfo {
     pub guest_id: String,
     pub room_id: String,

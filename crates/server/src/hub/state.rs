@@ -50,6 +50,8 @@ pub(crate) trait Remote: Send + Sync + 'static {
     fn call_ended(&self, to: &Origin, serial: u64);
     /// A room registered in the backbone under `fence` was freed here: free it there too.
     fn room_freed(&self, room: &str, fence: &Fence);
+    /// Whether other nodes can be reached now; a relay towards one that cannot is refused with `unavailable`.
+    fn reachable(&self) -> bool;
     /// `session` (local) ended every call it made; `node`'s proxy of it must end them there (byes to the callees).
     fn tours_ended(&self, node: &str, session: SessionId);
 }
@@ -71,11 +73,12 @@ pub(crate) enum Sink {
 /// A call a local session made into a room on another node.
 pub(crate) struct RemoteTour {
     pub node: Arc<str>,
+    pub incarnation: u64,
     pub serial: u64,
 }
 
 /// The settings every operation reads.
-pub(crate) struct Settings {
+pub struct Settings {
     pub ice: IceServers,
     pub call_timeout: Duration,
     pub call_limits: CallLimits,
@@ -298,6 +301,12 @@ impl<X: Send + 'static> State<X> {
                     return Err(not_found());
                 };
                 let caller = guest.caller;
+                if self.cut_off(caller) {
+                    return Err(unavailable(msg));
+                }
+                let Some(guest) = self.rooms.get_mut(&**room_id).and_then(|r| r.guests.get_mut(&**guest_id)) else {
+                    return Err(not_found());
+                };
                 if *accepted {
                     if let Some(p) = guest.pending.take() {
                         p.timer.abort();
@@ -338,6 +347,9 @@ impl<X: Send + 'static> State<X> {
                         _ => return Err(not_found()),
                     }
                 };
+                if self.cut_off(target) {
+                    return Err(unavailable(msg));
+                }
                 self.send(target, Frame::text(raw));
                 if matches!(msg.body, Body::Bye { .. }) {
                     self.end_call(room_id, guest_id);
@@ -346,6 +358,53 @@ impl<X: Send + 'static> State<X> {
                 Ok(())
             }
         }
+    }
+
+    /// Node `node` in `incarnation` is gone (SPEC.md §9 node loss): the calls its sessions made here end (byes to
+    /// the callees), and so does every call a local session made into its rooms (a bye to the caller).
+    pub fn node_lost(&mut self, node: &str, incarnation: u64) {
+        let proxies: Vec<SessionId> = self
+            .proxies
+            .iter()
+            .filter(|(o, _)| &*o.node == node && o.incarnation == incarnation)
+            .map(|(_, &sid)| sid)
+            .collect();
+        for proxy in proxies {
+            self.detach(proxy);
+        }
+        let mut byes = Vec::new();
+        for (&sid, s) in &mut self.sessions {
+            s.remote_tours.retain(|(room, guest), t| {
+                let gone = &*t.node == node && t.incarnation == incarnation;
+                if gone {
+                    byes.push((sid, room.clone(), guest.clone()));
+                }
+                !gone
+            });
+        }
+        for (sid, room, guest) in byes {
+            self.bye(sid, &guest, &room, BYE_PEER_UNREGISTER);
+        }
+    }
+
+    /// Forgets every room, call and proxy without one bye or backbone release: the cluster declared this node lost,
+    /// so none of it is valid any more. Returns the local sessions, for the caller to close.
+    pub fn forget_all(&mut self) -> Vec<SessionId> {
+        for (_, room) in std::mem::take(&mut self.rooms) {
+            self.metrics.rooms.dec();
+            for guest in room.guests.values() {
+                self.forget(guest, false);
+            }
+        }
+        for sid in std::mem::take(&mut self.proxies).into_values() {
+            self.sessions.remove(&sid);
+        }
+        for s in self.sessions.values_mut() {
+            s.room = None;
+            s.tours.clear();
+            s.remote_tours.clear();
+        }
+        self.sessions.keys().copied().collect()
     }
 
     /// Calls `sid` has made, here and into other nodes' rooms.
@@ -385,6 +444,12 @@ impl<X: Send + 'static> State<X> {
         // The session ends through its normal path, so detach sends the byes before the close frame goes out.
         self.kill(owner, Cause::Kicked);
         true
+    }
+
+    /// `to` sits on another node, which cannot be reached now.
+    fn cut_off(&self, to: SessionId) -> bool {
+        let remote = matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_)));
+        remote && self.remote.as_ref().is_some_and(|r| !r.reachable())
     }
 
     pub fn kill(&self, sid: SessionId, cause: Cause) {
@@ -533,9 +598,11 @@ impl<X: Send + 'static> State<X> {
         }
     }
 
-    /// A server-built bye, unless the server is shutting down.
+    /// A server-built bye, unless this node is shutting down and `to` is one of its own sessions (a caller on another
+    /// node stays connected, so it does learn that the call ended).
     pub fn bye(&self, to: SessionId, guest_id: &str, room_id: &str, reason: &str) {
-        if self.shutting_down {
+        let remote = matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_)));
+        if self.shutting_down && !remote {
             return;
         }
         let tid = Alphanumeric.sample_string(&mut rand::rng(), 32);
@@ -583,6 +650,10 @@ impl<X: Send + 'static> State<X> {
 
 pub(crate) fn already_registered<'m>(msg: &'m Message<'_>, own: &str) -> Reject<'m> {
     msg.reject(RejectCode::AlreadyRegistered, format!("already registered as \"{own}\""))
+}
+
+fn unavailable<'m>(msg: &'m Message<'_>) -> Reject<'m> {
+    msg.reject(RejectCode::Unavailable, "cluster backbone unavailable")
 }
 
 pub(crate) fn too_many_calls<'m>(msg: &'m Message<'_>, max: usize) -> Reject<'m> {

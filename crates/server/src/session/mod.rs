@@ -39,6 +39,8 @@ mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
+    /// Service restart: this cluster node lost its membership and is rejoining (SPEC.md §9).
+    pub const RESTART: u16 = 1012;
     /// Application codes (4000–4999): an operator kicked the session (SPEC.md §8).
     pub const KICKED: u16 = 4001;
     /// A token holder took the room over (SPEC.md §7).
@@ -81,6 +83,7 @@ impl End {
             Cause::Shutdown => close::GOING_AWAY,
             Cause::Kicked => close::KICKED,
             Cause::TakenOver => close::TAKEN_OVER,
+            Cause::Restart => close::RESTART,
             Cause::Timeout | Cause::Closed | Cause::Protocol => close::NORMAL,
         };
         End { cause, code, reason: cause.as_str(), peer_done: cause == Cause::Closed }

@@ -61,6 +61,39 @@ impl TestServer {
         TestServer { addr, stop, task, memory: Some(connector), turn: None }
     }
 
+    /// A node of the in-process cluster `backbone` belongs to, on a real socket; returns once it is ready (joined).
+    pub async fn in_cluster(
+        backbone: switchboard_server::cluster::MemoryBackbone,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let config = test_config(|c| {
+            c.cluster.heartbeat = CLUSTER_HEARTBEAT;
+            c.cluster.node_timeout = CLUSTER_NODE_TIMEOUT;
+            c.admin.secret = "adm".into();
+            tweak(c);
+        });
+        let server = Server::bind_in_cluster(config, backbone).await.expect("bind");
+        let addr = server.local_addr();
+        let stop = server.shutdown_token();
+        let task = tokio::spawn(server.run());
+        let node = TestServer { addr, stop, task, memory: None, turn: None };
+        node.wait_ready(true).await;
+        node
+    }
+
+    /// Waits until `/readyz` says ready (or not ready).
+    pub async fn wait_ready(&self, ready: bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, _) = http(self.addr, "GET", "/readyz", &[], "").await;
+            if (status == 200) == ready {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "readyz never became {ready}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/signaling", self.addr)
     }
@@ -117,6 +150,9 @@ pub struct Client {
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Cluster timings of the in-process cluster tests.
+pub const CLUSTER_HEARTBEAT: Duration = Duration::from_millis(100);
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
