@@ -272,7 +272,7 @@ fn make_hub(
     backing: Backing,
 ) -> Result<(Arc<dyn Hub>, Arc<Metrics>), ServerError> {
     let c = &config.cluster;
-    let timing = ClusterTiming { heartbeat: c.heartbeat };
+    let timing = ClusterTiming { heartbeat: c.heartbeat, node_timeout: c.node_timeout };
     let backbone = match backing {
         Backing::FromConfig if !c.enabled() => {
             let metrics = Arc::new(metrics);

@@ -26,7 +26,7 @@ struct Node {
 
 fn start(world: &MemoryWorld, id: &str) -> Node {
     let stop = CancellationToken::new();
-    let (task, events) = spawn(Arc::new(world.node(id)), HEARTBEAT, stop.clone());
+    let (task, events) = spawn(Arc::new(world.node(id)), HEARTBEAT, NODE_TIMEOUT, stop.clone());
     Node { events, stop, task }
 }
 

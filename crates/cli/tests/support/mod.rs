@@ -5,6 +5,7 @@
 //! every directory removed when its handle drops, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod serve;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -47,6 +47,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterTiming {
     pub heartbeat: Duration,
+    pub node_timeout: Duration,
 }
 
 /// A [`Hub`] for one node of a cluster.
@@ -66,6 +67,7 @@ struct Inner<B: Backbone> {
     reachable: AtomicBool,
     /// Stops the membership driver (which then leaves the cluster).
     stop: CancellationToken,
+    timing: ClusterTiming,
 }
 
 /// What the cluster hub keeps beside the hub state, under the same lock.
@@ -139,11 +141,12 @@ impl<B: Backbone> ClusterHub<B> {
             queries: Mutex::default(),
             next_query: AtomicU64::new(1),
             reachable: AtomicBool::new(false),
+            timing,
             stop: stop.clone(),
         });
         let remote: Arc<dyn Remote> = Arc::new(BusRemote { inner: Arc::downgrade(&inner) });
         inner.state.lock().remote = Some(remote);
-        let (_driver, events) = membership::spawn(backbone, timing.heartbeat, stop.clone());
+        let (_driver, events) = membership::spawn(backbone, timing.heartbeat, timing.node_timeout, stop.clone());
         tokio::spawn(run_events(inner.clone(), events));
         tokio::spawn(run_inbox(inner.clone(), timing.heartbeat));
         ClusterHub { inner }
@@ -675,7 +678,9 @@ impl<B: Backbone> Inner<B> {
     }
 
     /// Claims every room here again (the backbone lost its state); a room another node took meanwhile is lost here.
-    async fn reassert(&self) {
+    /// New registers wait one node timeout more: every other node re-asserts its rooms within a heartbeat or two of
+    /// the backbone's return, and none of their rooms may be handed to a newcomer here before they have.
+    async fn reassert(self: &Arc<Self>) {
         let rooms: Vec<(Arc<str>, Fence)> = {
             let st = self.state.lock();
             st.rooms.iter().filter_map(|(id, r)| r.fence.clone().map(|f| (id.clone(), f))).collect()
@@ -700,7 +705,14 @@ impl<B: Backbone> Inner<B> {
             }
         }
         info!(rooms = count, "rooms re-asserted in the cluster");
-        self.state.lock().ext.accepting = true;
+        let (inner, incarnation) = (self.clone(), self.state.lock().ext.node.as_ref().map(|n| n.incarnation));
+        tokio::spawn(async move {
+            tokio::time::sleep(inner.timing.node_timeout).await;
+            let mut st = inner.state.lock();
+            if st.ext.node.as_ref().map(|n| n.incarnation) == incarnation {
+                st.ext.accepting = true;
+            }
+        });
     }
 }
 

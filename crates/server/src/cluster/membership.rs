@@ -9,6 +9,9 @@
 //! - Unreachability is reported once per outage ([`NodeEvent::Unreachable`], then [`NodeEvent::Reachable`]).
 //! - Another member that disappears (crashed and timed out, or left) is reported once as [`NodeEvent::PeerLost`]
 //!   with the incarnation that was seen, and a peer that comes back in a new incarnation as lost then joined.
+//! - After the backbone comes back (reachable again, or reset empty) no peer is declared lost for one `grace`
+//!   (the node timeout): the peers need a heartbeat or two to re-assert their own memberships, and their calls
+//!   must survive that.
 //! - On stop the driver leaves the cluster (best effort): the node's rooms are free at once.
 
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -42,14 +46,17 @@ pub enum NodeEvent {
 }
 
 /// Starts the driver; its events arrive on the returned receiver until `stop` is cancelled (after the leave).
+/// `grace` (the node timeout) is how long peers get to re-assert themselves after a backbone outage or reset.
 pub fn spawn<B: Backbone>(
     backbone: Arc<B>,
     heartbeat: Duration,
+    grace: Duration,
     stop: CancellationToken,
 ) -> (JoinHandle<()>, mpsc::Receiver<NodeEvent>) {
     let (tx, rx) = mpsc::channel(256);
     let task = tokio::spawn(async move {
-        let mut driver = Driver { backbone, tx, peers: HashMap::new(), unreachable: false };
+        let mut driver =
+            Driver { backbone, tx, peers: HashMap::new(), unreachable: false, grace, quiet_until: Instant::now() };
         tokio::select! {
             () = driver.run(heartbeat) => {}
             () = stop.cancelled() => {}
@@ -67,6 +74,9 @@ struct Driver<B> {
     /// Other members by id, with the incarnation last seen.
     peers: HashMap<String, u64>,
     unreachable: bool,
+    grace: Duration,
+    /// No peer is declared lost before this (see the module's invariants).
+    quiet_until: Instant,
 }
 
 impl<B: Backbone> Driver<B> {
@@ -80,6 +90,7 @@ impl<B: Backbone> Driver<B> {
                 Ok(Membership::Alive) => self.reachable().await,
                 Ok(Membership::Reset) => {
                     self.reachable().await;
+                    self.quiet_until = Instant::now() + self.grace;
                     self.emit(NodeEvent::Reset).await;
                 }
                 Ok(Membership::Lost) => {
@@ -89,7 +100,12 @@ impl<B: Backbone> Driver<B> {
                     self.emit(NodeEvent::Lost(lost)).await;
                     self.join(&mut tick).await;
                 }
-                Err(e) => self.unreachable(e.to_string()).await,
+                Err(e) => {
+                    // A members list read right after a failed heartbeat may come from a backbone that just came
+                    // back empty: judge the peers only after a heartbeat that went through.
+                    self.unreachable(e.to_string()).await;
+                    continue;
+                }
             }
             if let Ok(members) = self.backbone.members().await {
                 self.watch(members).await;
@@ -117,10 +133,16 @@ impl<B: Backbone> Driver<B> {
         let me = self.backbone.node().id;
         let now: HashMap<String, u64> =
             members.into_iter().filter(|n| n.id != me).map(|n| (n.id, n.incarnation)).collect();
+        let quiet = Instant::now() < self.quiet_until;
         let gone: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(id, inc)| now.get(*id) != Some(inc))
+            // In the quiet period a missing peer may just not have re-asserted itself yet; a new incarnation is a
+            // restart all the same.
+            .filter(|(id, inc)| match now.get(*id) {
+                None => !quiet,
+                Some(seen) => seen != *inc,
+            })
             .map(|(id, &incarnation)| NodeId { id: id.clone(), incarnation })
             .collect();
         for peer in gone {
@@ -137,6 +159,7 @@ impl<B: Backbone> Driver<B> {
 
     async fn reachable(&mut self) {
         if std::mem::take(&mut self.unreachable) {
+            self.quiet_until = Instant::now() + self.grace;
             self.emit(NodeEvent::Reachable).await;
         }
     }
