@@ -47,6 +47,7 @@ function describe(err, room) {
       rejected: `The call was refused: ${err.reason}.`,
       unauthorized: "Not authorized for this room.",
       rate_limited: "Too many requests; slow down.",
+      unavailable: "The signaling cluster is unavailable right now; try again shortly.",
     };
     return { text: texts[/** @type {keyof texts} */ (err.code)] ?? `${err.reason}.`, code: err.code };
   }

@@ -63,6 +63,58 @@ fn zlm_keeper_to_zlm_puller_through_switchboard() {
     });
 }
 
+/// The same pull with the keeper and the puller on two different nodes of a cluster (SPEC.md §9) over a real
+/// `redis-server`: the keeper registers on one node, the puller calls through the other, and the relayed signaling
+/// crosses the backbone both ways.
+#[test]
+fn zlm_keeper_and_puller_on_different_cluster_nodes() {
+    let Some(bin) = prerequisites("zlm_keeper_and_puller_on_different_cluster_nodes") else { return };
+    zlm::enter_private_network();
+    let redis = support::redis::Redis::start();
+    let url = redis.url();
+    let node = |id: &str| {
+        let sb = Switchboard::start(&["--cluster", &url, "--cluster-node-id", id, "--cluster-heartbeat", "200ms"]);
+        eventually("the node joins its cluster", Duration::from_secs(10), || {
+            let (status, body) = support::http_get(sb.addr, "/readyz", "", Duration::from_secs(5));
+            (status == 200).then_some(()).ok_or(format!("{status} {body}"))
+        });
+        sb
+    };
+    let (mut sb1, mut sb2) = (node("keeper-node"), node("puller-node"));
+    let mut keeper = Zlm::start(&bin, "keeper", (42000, 42999), "");
+    let mut puller = Zlm::start(&bin, "puller", (43000, 43999), "");
+    keeper.load_clip();
+    let room_key = keeper.keep_room(&sb1, ROOM);
+    assert!(sb2.holds(ROOM), "the other node lists the room too: {}", sb2.rooms());
+
+    let url = format!("webrtc://{HOST}:{}/live/test?signaling_protocols%3D1%26peer_room_id%3D{ROOM}", sb2.port());
+    let query = format!("vhost=__defaultVhost__&app=live&stream=test&url={url}&retry_count=0&timeout_sec=20");
+    let v = puller.call("addStreamProxy", &query);
+    assert_eq!(
+        v["code"],
+        0,
+        "the pull failed: {v}\npuller log:\n{}\nkeeper node:\n{}\npuller node:\n{}",
+        puller.proc.log(),
+        sb1.proc.log(),
+        sb2.proc.log()
+    );
+    let frames = puller.frames_keep_growing(10);
+    println!("puller (via the other node): live/test online, {frames} H.264 frames");
+    let sent = zlm::metric(&sb2.metrics(), "switchboard_cluster_relays_sent_total");
+    assert!(sent >= Some(2.0), "the puller's call and candidates crossed nodes ({sent:?})");
+    assert_eq!(keeper.keeper_guests(ROOM).len(), 1);
+
+    puller.ok("delStreamProxy", "key=__defaultVhost__/live/test");
+    eventually("the keeper drops the puller's guest", Duration::from_secs(10), || {
+        let g = keeper.keeper_guests(ROOM);
+        g.is_empty().then_some(()).ok_or(format!("{g:?}"))
+    });
+    keeper.ok("delWebrtcRoomKeeper", &format!("room_key={room_key}"));
+    eventually("the keeper's room is freed on both nodes", Duration::from_secs(10), || {
+        (!sb1.holds(ROOM) && !sb2.holds(ROOM)).then_some(()).ok_or_else(|| sb2.rooms().to_string())
+    });
+}
+
 /// The same pairing with only relayed candidate pairs allowed on both ZLMediaKit sides (`iceTransportPolicy=1`):
 /// keeper and puller allocate on the built-in TURN server with the ephemeral credentials of their register accepts,
 /// trickle relay candidates, and the media really flows through our relay. The TURN server must answer the way
