@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// How often a node renews its membership, e.g. `2s`.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_HEARTBEAT", value_parser = humantime::parse_duration)]
     cluster_heartbeat: Option<Duration>,
+    /// PEM CA that a `rediss://` backbone's certificate must chain to.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CA")]
+    cluster_tls_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -134,6 +137,9 @@ impl ServeArgs {
         set(&mut k.node_id, self.cluster_node_id);
         set(&mut k.node_timeout, self.cluster_node_timeout);
         set(&mut k.heartbeat, self.cluster_heartbeat);
+        if self.cluster_tls_ca.is_some() {
+            k.tls_ca = self.cluster_tls_ca;
+        }
         Ok(c)
     }
 }
@@ -175,7 +181,7 @@ mod tests {
     #[test]
     fn every_flag_and_env_var_of_the_readme_table_sets_its_field() {
         type Check = fn(&Config) -> bool;
-        let cases: [(&str, &str, &str, Check); 22] = [
+        let cases: [(&str, &str, &str, Check); 23] = [
             ("--listen", "SWITCHBOARD_LISTEN", "127.0.0.1:9", |c| c.signaling.listen.to_string() == "127.0.0.1:9"),
             ("--external-ip", "SWITCHBOARD_EXTERNAL_IP", "192.0.2.1,192.0.2.2", |c| c.turn.external_ips.len() == 2),
             ("--turn-listen", "SWITCHBOARD_TURN_LISTEN", "127.0.0.1:7", |c| c.turn.listen.port() == 7),
@@ -215,6 +221,9 @@ mod tests {
             }),
             ("--cluster-heartbeat", "SWITCHBOARD_CLUSTER_HEARTBEAT", "1s", |c| {
                 c.cluster.heartbeat == Duration::from_secs(1)
+            }),
+            ("--cluster-tls-ca", "SWITCHBOARD_CLUSTER_TLS_CA", "ca.pem", |c| {
+                c.cluster.tls_ca.as_deref() == Some(std::path::Path::new("ca.pem"))
             }),
         ];
         // (--config has its own test: crates/cli/tests/serve.rs.)

@@ -251,3 +251,31 @@ async fn a_node_started_before_redis_says_so_and_joins_when_it_appears() {
     n1.proc.find_line(WAIT, |l| l.contains("joined the cluster"));
     assert_eq!(early.request(&register("early")).await["class"], "accept");
 }
+
+#[tokio::test]
+async fn a_password_protected_redis_over_tls_is_a_backbone_too() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let redis = Redis::start_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem(), "s3cret");
+    let dir = support::TempDir::new("cluster-tls");
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://:s3cret@"), "{url}");
+    let ca = ca.to_str().unwrap();
+    let tls_node = |id: &str| {
+        let n = Serve::start(&["--cluster", &url, "--cluster-node-id", id, "--cluster-tls-ca", ca], &[]);
+        wait_ready(&n, true);
+        n
+    };
+    let (n1, n2) = (tls_node("t1"), tls_node("t2"));
+    let mut callee = registered(&n1, "cam").await;
+    let mut caller = registered(&n2, "viewer").await;
+    caller.send(&call("T1", "g", "cam")).await;
+    assert_eq!(callee.recv().await["transaction_id"], "T1");
+
+    // Without the CA, the same Redis is refused (its certificate is self-signed) and the node stays unready.
+    let mut untrusting = node(&redis, "t3");
+    let why = untrusting.proc.wait_line(WAIT, |l| l.contains("cluster backbone is unreachable"));
+    assert!(why.contains("certificate"), "refused for its certificate: {why}");
+    wait_ready(&untrusting, false);
+}

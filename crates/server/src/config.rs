@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// Prefix of every key and channel in Redis, so that several clusters can share one.
     pub prefix: String,
+    /// PEM CA certificate(s) a `rediss://` server's certificate must chain to (default: the web PKI roots).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -60,6 +62,7 @@ impl Default for ClusterConfig {
             node_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
             prefix: "switchboard".into(),
+            tls_ca: None,
         }
     }
 }
@@ -370,6 +373,9 @@ impl Config {
             }
             if c.heartbeat.is_zero() || c.heartbeat * 2 > c.node_timeout {
                 return invalid("cluster.heartbeat", "must be positive and at most half of cluster.node-timeout");
+            }
+            if c.tls_ca.is_some() && !c.url.starts_with("rediss://") {
+                return invalid("cluster.tls-ca", "only applies to a rediss:// URL");
             }
             if c.prefix.is_empty() || c.prefix.contains(char::is_whitespace) {
                 return invalid("cluster.prefix", "must be non-empty, without spaces");

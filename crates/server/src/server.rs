@@ -286,7 +286,12 @@ fn make_hub(
                 c.node_id.clone()
             };
             info!(node = %node_id, node_timeout = ?c.node_timeout, "cluster mode: joining the cluster (Redis backbone)");
-            let backbone = RedisBackbone::new(&c.url, &c.prefix, &node_id, c.node_timeout)?;
+            let mut backbone = RedisBackbone::new(&c.url, &c.prefix, &node_id, c.node_timeout)?;
+            if let Some(path) = &c.tls_ca {
+                let pem = std::fs::read(path)
+                    .map_err(|e| BackboneError::Config(format!("cluster.tls-ca {}: {e}", path.display())))?;
+                backbone = backbone.trusting(&c.url, pem)?;
+            }
             let cluster = metrics.register_cluster();
             let metrics = Arc::new(metrics);
             let hub = ClusterHub::start(settings, metrics.clone(), cluster, Arc::new(backbone), timing);

@@ -164,6 +164,15 @@ impl RedisBackbone {
         })
     }
 
+    /// Trusts `ca_pem` (PEM certificates) instead of the web PKI roots for a `rediss://` URL: a private CA, or a
+    /// self-signed Redis certificate.
+    pub fn trusting(mut self, url: &str, ca_pem: Vec<u8>) -> Result<RedisBackbone> {
+        let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca_pem) };
+        self.client =
+            redis::Client::build_with_tls(url, certs).map_err(|e| BackboneError::Config(format!("redis TLS: {e}")))?;
+        Ok(self)
+    }
+
     async fn conn(&self) -> Result<ConnectionManager> {
         let connect = self.conn.get_or_try_init(|| async {
             // One connection attempt per use (our callers retry on their own schedule), so that a refusal such as a
