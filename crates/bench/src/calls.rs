@@ -19,6 +19,9 @@ pub struct CallsConfig {
     pub pairs: usize,
     pub duration: Duration,
     pub server_pid: Option<u32>,
+    /// The second party of each pair connects here: another node of the same cluster (its CPU counts too).
+    pub peer_url: Option<String>,
+    pub peer_pid: Option<u32>,
 }
 
 struct Pair {
@@ -28,10 +31,10 @@ struct Pair {
     callee_room: String,
 }
 
-async fn open_pair(url: &str, i: usize, run: u32) -> Result<Pair, BenchError> {
+async fn open_pair(url: &str, peer_url: &str, i: usize, run: u32) -> Result<Pair, BenchError> {
     let (caller_room, callee_room) = (format!("caller_{run}_{i}"), format!("callee_{run}_{i}"));
     let mut caller = connect_with(url, 2 * i, WRITE_BATCH).await?;
-    let mut callee = connect_with(url, 2 * i + 1, WRITE_BATCH).await?;
+    let mut callee = connect_with(peer_url, 2 * i + 1, WRITE_BATCH).await?;
     request(&mut caller, register("r", &caller_room)).await?;
     request(&mut callee, register("r", &callee_room)).await?;
     Ok(Pair { caller, callee, caller_room, callee_room })
@@ -75,10 +78,11 @@ pub async fn run(c: &CallsConfig) -> Result<Report, BenchError> {
     let run = std::process::id();
     let mut pairs = Vec::new();
     for i in 0..c.pairs {
-        pairs.push(open_pair(&c.url, i, run).await?);
+        pairs.push(open_pair(&c.url, c.peer_url.as_deref().unwrap_or(&c.url), i, run).await?);
     }
     let (offer, answer) = (sdp(6000, "actpass"), sdp(3000, "active"));
     let cpu = CpuMeter::start(c.server_pid);
+    let peer_cpu = CpuMeter::start(c.peer_pid);
     let start = Instant::now();
     let deadline = start + c.duration;
     let tasks: Vec<_> = pairs
@@ -107,9 +111,10 @@ pub async fn run(c: &CallsConfig) -> Result<Report, BenchError> {
     let elapsed = start.elapsed();
     let mut r = Report::new("calls");
     r.set("pairs", c.pairs);
+    r.set("cross_node", c.peer_url.is_some());
     r.set("flows", flows);
     r.set("flows_per_s", round2(flows as f64 / elapsed.as_secs_f64()));
     r.latency("call_to_accept", &all);
-    r.cpu_per("server_cpu_us_per_flow", cpu.elapsed(), flows);
+    r.cpu_per("server_cpu_us_per_flow", CpuMeter::sum(&[&cpu, &peer_cpu]), flows);
     Ok(r)
 }

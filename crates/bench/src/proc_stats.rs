@@ -48,6 +48,11 @@ impl CpuMeter {
     pub fn elapsed(&self) -> Option<Duration> {
         Some(cpu_time(self.pid?)?.saturating_sub(self.start?))
     }
+
+    /// The CPU time of several processes together (those without a pid count nothing; none at all: `None`).
+    pub fn sum(meters: &[&CpuMeter]) -> Option<Duration> {
+        meters.iter().filter_map(|m| m.elapsed()).reduce(|a, b| a + b)
+    }
 }
 
 #[cfg(test)]

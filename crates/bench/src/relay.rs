@@ -28,6 +28,9 @@ pub struct RelayConfig {
     pub duration: Duration,
     pub window: u64,
     pub server_pid: Option<u32>,
+    /// The second party of each pair connects here: another node of the same cluster (its CPU counts too).
+    pub peer_url: Option<String>,
+    pub peer_pid: Option<u32>,
 }
 
 /// The flow-control state of one direction.
@@ -49,7 +52,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     for i in 0..c.pairs {
         let (a_room, b_room) = (format!("relay_a_{run}_{i}"), format!("relay_b_{run}_{i}"));
         let mut a = connect_with(&c.url, 2 * i, WRITE_BATCH).await?;
-        let mut b = connect_with(&c.url, 2 * i + 1, WRITE_BATCH).await?;
+        let mut b = connect_with(c.peer_url.as_deref().unwrap_or(&c.url), 2 * i + 1, WRITE_BATCH).await?;
         request(&mut a, register("r", &a_room)).await?;
         request(&mut b, register("r", &b_room)).await?;
         let guest = format!("{b_room}_g");
@@ -73,6 +76,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
         receivers.push(tokio::spawn(recv_loop(a_rx, ba, epoch, done.clone())));
     }
     let cpu = CpuMeter::start(c.server_pid);
+    let peer_cpu = CpuMeter::start(c.peer_pid);
     let start = Instant::now();
     let received_at = |ds: &[Arc<Direction>]| ds.iter().map(|d| d.received.load(Ordering::Relaxed)).sum::<u64>();
     let base = received_at(&directions);
@@ -85,7 +89,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     }
     let measured = received_at(&directions) - base;
     let elapsed = start.elapsed();
-    let cpu_used = cpu.elapsed();
+    let cpu_used = CpuMeter::sum(&[&cpu, &peer_cpu]);
     stop.store(true, Ordering::Relaxed);
     for d in &directions {
         d.room_for_more.notify_one();
@@ -109,6 +113,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     }
     let mut r = Report::new("relay");
     r.set("pairs", c.pairs);
+    r.set("cross_node", c.peer_url.is_some());
     r.set("window", c.window);
     r.set("relayed", measured);
     r.set("msgs_per_s", round2(measured as f64 / elapsed.as_secs_f64()));

@@ -42,7 +42,14 @@ async fn idle_registers_every_room_and_reports_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_complete_flows_and_measure_setup_latency() {
     let url = server().await;
-    let c = calls::CallsConfig { url, pairs: 4, duration: Duration::from_millis(500), server_pid: me() };
+    let c = calls::CallsConfig {
+        url,
+        pairs: 4,
+        duration: Duration::from_millis(500),
+        server_pid: me(),
+        peer_url: None,
+        peer_pid: None,
+    };
     let r = calls::run(&c).await.unwrap();
     let flows = r.get_f64("flows").unwrap();
     assert!(flows >= 4.0, "{}", r.to_json());
@@ -55,7 +62,15 @@ async fn calls_complete_flows_and_measure_setup_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_loses_nothing_and_respects_the_window() {
     let url = server().await;
-    let c = relay::RelayConfig { url, pairs: 3, duration: Duration::from_millis(700), window: 8, server_pid: me() };
+    let c = relay::RelayConfig {
+        url,
+        pairs: 3,
+        duration: Duration::from_millis(700),
+        window: 8,
+        server_pid: me(),
+        peer_url: None,
+        peer_pid: None,
+    };
     let r = relay::run(&c).await.unwrap();
     assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
     assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());

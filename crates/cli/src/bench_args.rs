@@ -8,12 +8,13 @@ use switchboard_bench::{calls, churn, idle, relay, Report};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Signaling URL of the server under test.
+    /// Signaling URL of the server under test. Given twice (two nodes of one cluster), `calls` and `relay` put the
+    /// second party of every pair on the second node; `idle` and `churn` use the first (run one per node).
     #[arg(long, default_value = "ws://127.0.0.1:3000/signaling", global = true)]
-    server: String,
-    /// The server's pid: report its CPU time per unit of work and its memory.
+    server: Vec<String>,
+    /// The server's pid (once per `--server`): report its CPU time per unit of work and its memory.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Runtime threads for the generator (1 = single-threaded, best when pinned to one core).
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
@@ -65,7 +66,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     }
     .context("cannot start the tokio runtime")?;
-    let (url, pid) = (args.server, args.server_pid);
+    anyhow::ensure!(args.server.len() <= 2, "at most two --server URLs (two nodes of one cluster)");
+    let (url, peer_url) = (args.server[0].clone(), args.server.get(1).cloned());
+    let (pid, peer_pid) = (args.server_pid.first().copied(), args.server_pid.get(1).copied());
     let secs = Duration::from_secs_f64;
     let report: Report = runtime.block_on(async move {
         match args.scenario {
@@ -73,10 +76,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 idle::run(&idle::IdleConfig { url, conns, hold: secs(hold), server_pid: pid, concurrency }).await
             }
             Scenario::Calls { pairs, duration } => {
-                calls::run(&calls::CallsConfig { url, pairs, duration: secs(duration), server_pid: pid }).await
+                let duration = secs(duration);
+                calls::run(&calls::CallsConfig { url, pairs, duration, server_pid: pid, peer_url, peer_pid }).await
             }
             Scenario::Relay { pairs, duration, window } => {
-                relay::run(&relay::RelayConfig { url, pairs, duration: secs(duration), window, server_pid: pid }).await
+                let duration = secs(duration);
+                relay::run(&relay::RelayConfig { url, pairs, duration, window, server_pid: pid, peer_url, peer_pid })
+                    .await
             }
             Scenario::Churn { conns, duration } => {
                 churn::run(&churn::ChurnConfig { url, conns, duration: secs(duration), server_pid: pid }).await
