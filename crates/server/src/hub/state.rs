@@ -448,8 +448,9 @@ impl<X: Send + 'static> State<X> {
 
     /// `to` sits on another node, which cannot be reached now.
     fn cut_off(&self, to: SessionId) -> bool {
-        let remote = matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_)));
-        remote && self.remote.as_ref().is_some_and(|r| !r.reachable())
+        // Single node: no lookup at all on the relay path.
+        let Some(remote) = &self.remote else { return false };
+        !remote.reachable() && matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_)))
     }
 
     pub fn kill(&self, sid: SessionId, cause: Cause) {
@@ -601,8 +602,7 @@ impl<X: Send + 'static> State<X> {
     /// A server-built bye, unless this node is shutting down and `to` is one of its own sessions (a caller on another
     /// node stays connected, so it does learn that the call ended).
     pub fn bye(&self, to: SessionId, guest_id: &str, room_id: &str, reason: &str) {
-        let remote = matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_)));
-        if self.shutting_down && !remote {
+        if self.shutting_down && !matches!(self.sessions.get(&to).map(|s| &s.sink), Some(Sink::Remote(_))) {
             return;
         }
         let tid = Alphanumeric.sample_string(&mut rand::rng(), 32);
