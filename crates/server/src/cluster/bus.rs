@@ -50,7 +50,11 @@ impl<B: Backbone> Bus<B> {
     /// Queues `envelope` for `node`; never waits.
     pub fn send(&self, node: &str, envelope: Bytes) -> Result<(), BusFull> {
         let mut queues = self.queues.lock();
-        let queue = queues.entry(node.to_owned()).or_insert_with(|| self.spawn_sender(node));
+        // Looked up by `&str` first: the per-message path allocates no key.
+        let queue = match queues.get(node) {
+            Some(queue) => queue,
+            None => queues.entry(node.to_owned()).or_insert_with(|| self.spawn_sender(node)),
+        };
         queue.try_send(envelope).map_err(|_| BusFull(node.to_owned()))
     }
 

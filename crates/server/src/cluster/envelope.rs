@@ -45,25 +45,12 @@ impl Envelope {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
         match self {
-            Envelope::Relay { from, room, serial, raw } => {
-                out.reserve(64 + raw.len());
-                out.put_u8(1);
-                put_from(&mut out, from);
-                put_str(&mut out, room);
-                out.put_u64(*serial);
-                put_str(&mut out, raw);
-            }
+            Envelope::Relay { from, room, serial, raw } => return encode_relay(from, room, *serial, raw),
             Envelope::ToursEnded { from } => {
                 out.put_u8(2);
                 put_from(&mut out, from);
             }
-            Envelope::Deliver { incarnation, session, text } => {
-                out.reserve(24 + text.len());
-                out.put_u8(3);
-                out.put_u64(*incarnation);
-                out.put_u64(*session);
-                put_str(&mut out, text);
-            }
+            Envelope::Deliver { incarnation, session, text } => return encode_deliver(*incarnation, *session, text),
             Envelope::CallEnded { incarnation, session, serial } => {
                 out.put_u8(4);
                 out.put_u64(*incarnation);
@@ -127,6 +114,27 @@ impl Envelope {
         }
         Ok(envelope)
     }
+}
+
+/// [`Envelope::Relay`]'s wire form straight from borrowed parts: the relay path copies the frame once, into the batch.
+pub fn encode_relay(from: &From, room: &str, serial: u64, raw: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(33 + from.node.len() + room.len() + raw.len());
+    out.put_u8(1);
+    put_from(&mut out, from);
+    put_str(&mut out, room);
+    out.put_u64(serial);
+    put_str(&mut out, raw);
+    out.freeze()
+}
+
+/// [`Envelope::Deliver`]'s wire form from a borrowed text.
+pub fn encode_deliver(incarnation: u64, session: u64, text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(21 + text.len());
+    out.put_u8(3);
+    out.put_u64(incarnation);
+    out.put_u64(session);
+    put_str(&mut out, text);
+    out.freeze()
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {

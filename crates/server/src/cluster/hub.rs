@@ -374,8 +374,7 @@ impl<B: Backbone> Inner<B> {
     ) -> Result<(), String> {
         let me = st.ext.node.as_ref().ok_or("this node has not joined its cluster")?;
         let from = envelope::From { node: me.id.clone(), incarnation: me.incarnation, session: sid.0 };
-        let relay = Envelope::Relay { from, room: own.to_string(), serial, raw: raw.to_owned() };
-        self.bus.send(node, relay.encode()).map_err(|e| e.to_string())?;
+        self.bus.send(node, envelope::encode_relay(&from, &own, serial, raw)).map_err(|e| e.to_string())?;
         self.metrics.relays_sent.inc();
         Ok(())
     }
@@ -573,8 +572,8 @@ impl<B: Backbone> Inner<B> {
     async fn timed<T>(&self, op: impl std::future::Future<Output = super::Result<T>>) -> super::Result<T> {
         let started = Instant::now();
         let result = op.await;
+        // (`backbone_up` follows the heartbeats alone: `set_reachable`.)
         self.metrics.backbone_rtt.observe(started.elapsed().as_secs_f64());
-        self.metrics.backbone_up.set(i64::from(result.is_ok()));
         result
     }
 
@@ -853,8 +852,12 @@ struct BusRemote<B: Backbone> {
 
 impl<B: Backbone> BusRemote<B> {
     fn send(&self, node: &str, envelope: Envelope) {
+        self.send_bytes(node, envelope.encode());
+    }
+
+    fn send_bytes(&self, node: &str, envelope: Bytes) {
         let Some(inner) = self.inner.upgrade() else { return };
-        if let Err(e) = inner.bus.send(node, envelope.encode()) {
+        if let Err(e) = inner.bus.send(node, envelope) {
             inner.metrics.bus_dropped.inc();
             warn!(%node, error = %e, "envelope to another node dropped");
         }
@@ -863,8 +866,8 @@ impl<B: Backbone> BusRemote<B> {
 
 impl<B: Backbone> Remote for BusRemote<B> {
     fn deliver(&self, to: &Origin, frame: &Frame) {
-        let text = frame.text_payload().unwrap_or_default().to_owned();
-        self.send(&to.node, Envelope::Deliver { incarnation: to.incarnation, session: to.session, text });
+        let text = frame.text_payload().unwrap_or_default();
+        self.send_bytes(&to.node, envelope::encode_deliver(to.incarnation, to.session, text));
     }
 
     fn call_ended(&self, to: &Origin, serial: u64) {
