@@ -47,4 +47,9 @@ echo "+ cargo nextest run --workspace --locked $*" >&2
 cargo nextest run --workspace --locked "$@"
 # nextest does not run doc tests; the workspace's docs hold no Rust examples today, this keeps any future one honest.
 echo "+ cargo test --workspace --locked --doc" >&2
-exec cargo test --workspace --locked --doc
+cargo test --workspace --locked --doc
+# Every fuzz target for 30 s from its checked-in seeds (docs/fuzzing.md); a run narrowed by arguments skips it.
+if [ $# -eq 0 ]; then
+  echo "+ scripts/fuzz.sh 30" >&2
+  exec bash scripts/fuzz.sh 30
+fi

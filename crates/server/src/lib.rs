@@ -19,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod fd_reserve;
 pub mod http;
 pub mod hub;
 pub mod ice;

@@ -11,7 +11,8 @@
 //! - Every connection runs in one task tracked by `AppState::sessions`, so shutdown waits for it.
 //! - A connection that does not complete its request head within [`HEAD_TIMEOUT`] is dropped; a head is at most
 //!   [`handshake::MAX_HEAD`] bytes.
-//! - Accept errors (a full file table, a connection reset before accept) never end the listener.
+//! - Accept errors (a full file table, a connection reset before accept) never end the listener; while the process
+//!   is out of descriptors, new connections are answered 503 and closed ([`crate::fd_reserve`]), not left hanging.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +32,7 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::auth::Access;
+use crate::fd_reserve::FdReserve;
 use crate::http::{admit_upgrade, AppState};
 use crate::limits::ConnectionSlot;
 use crate::session;
@@ -49,6 +51,8 @@ const MAX_SESSION_TASK: usize = 2048;
 /// Accepts connections until `stop` completes.
 pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
+    let mut reserve = FdReserve::new();
+    let mut exhausted = false;
     loop {
         let accepted = tokio::select! {
             () = &mut stop => return,
@@ -56,14 +60,27 @@ pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: i
         };
         match accepted {
             Ok((tcp, peer)) => {
+                exhausted = false;
                 // Signaling is small request/response messages: never wait for Nagle.
                 let _ = tcp.set_nodelay(true);
                 let sessions = app.sessions.clone();
                 sessions.spawn(connection(tcp, peer, app.clone(), router.clone()));
             }
+            Err(e) if FdReserve::is_exhaustion(&e) => {
+                if !exhausted {
+                    warn!(error = %e, "out of file descriptors: refusing new connections with 503 until some close");
+                    exhausted = true;
+                }
+                if !reserve.shed(&listener) {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "accept failed");
-                // Out of file descriptors or memory: give sessions time to end before trying again.
+                // Out of memory or the like: give sessions time to end before trying again.
                 if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) {
                     tokio::select! {
                         () = &mut stop => return,

@@ -26,6 +26,10 @@ pub struct Serve {
 /// `switchboard serve ARGS` with `env`, and loopback defaults for whatever neither names: `--listen` and
 /// `--turn-listen` on port 0, `--external-ip 127.0.0.1`. Not waited on.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    spawn_with_defaults(&[], args, env)
+}
+
+fn spawn_with_defaults(under: &[&str], args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut defaults = Vec::new();
     let named = |flag: &str, var: &str| args.contains(&flag) || env.iter().any(|(k, _)| *k == var);
     for (flag, var, default) in [
@@ -37,12 +41,24 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
             defaults.extend([flag, default]);
         }
     }
-    spawn_exact(&[args, &defaults].concat(), env)
+    spawn_under(under, &[args, &defaults].concat(), env)
 }
 
 /// `switchboard serve ARGS` with `env` and nothing else (but `SWITCHBOARD_LOG=info` unless `--log` or env set it).
 pub fn spawn_exact(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(BIN);
+    spawn_under(&[], args, env)
+}
+
+/// [`spawn_exact`], run by `under`: a command that runs the rest of its arguments, such as `prlimit --nofile=N:N`.
+pub fn spawn_under(under: &[&str], args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = match under.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(BIN);
+            cmd
+        }
+        None => Command::new(BIN),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SWITCHBOARD_") {
             cmd.env_remove(key);
@@ -58,7 +74,12 @@ pub fn spawn_exact(args: &[&str], env: &[(&str, &str)]) -> Proc {
 impl Serve {
     /// Starts the server and waits until it has logged both listening addresses.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut proc = spawn(args, env);
+        Serve::start_under(&[], args, env)
+    }
+
+    /// [`Serve::start`], run by `under` (see [`spawn_under`]).
+    pub fn start_under(under: &[&str], args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut proc = spawn_with_defaults(under, args, env);
         let addr = addr_in(&proc.wait_line(WAIT, |l| l.contains("signaling listening")));
         let turn = addr_in(&proc.wait_line(WAIT, |l| l.contains("turn listening")));
         Serve { addr, turn, proc }

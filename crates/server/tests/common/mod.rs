@@ -1,6 +1,8 @@
 //! Test harness: a real server on 127.0.0.1:0 and real websocket clients (tokio-tungstenite).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
