@@ -425,3 +425,68 @@ async fn configured_deny_peers_are_refused() {
         assert_eq!(Message::parse(&udp_round_trip(&sock, c.turn, req).await).unwrap().error_code(), expected, "{peer}");
     }
 }
+
+/// An unauthenticated flood from many sources (Allocate without credentials, Binding, junk, ChannelData to a channel
+/// nobody bound): only the STUN requests are answered, each with a short fixed-size answer that echoes nothing, no
+/// allocation is made, and a real client allocates as before once it is over.
+#[tokio::test]
+async fn an_unauthenticated_flood_is_answered_small_and_leaves_no_state() {
+    const SOURCES: usize = 20;
+    const ROUNDS: usize = 100;
+    let (server, creds) = server_and_creds(|_| {}).await;
+    let held = allocate(&creds).await;
+    assert_eq!(held.error, None, "a real allocation before the flood");
+    let mut seed = 0x2545_f491_u32;
+    let mut junk = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = 1 + (seed % 300) as usize;
+        // Never a STUN message (the first two bits of STUN are 0) nor ChannelData (0x40–0x7F).
+        std::iter::once(0x80 | (seed as u8)).chain((1..len).map(|i| (seed >> (i % 24)) as u8)).collect::<Vec<u8>>()
+    };
+    let binding = || Builder::new(Class::Request, method::BINDING, rand::random()).finish();
+    let unbound_channel = [0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4].to_vec();
+    let mut socks = Vec::new();
+    let (mut bytes_in, mut answered_requests) = (0usize, 0usize);
+    for _ in 0..SOURCES {
+        socks.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    for _ in 0..ROUNDS {
+        for sock in &socks {
+            for datagram in [allocate_unauth(), junk(), unbound_channel.clone(), binding()] {
+                bytes_in += datagram.len();
+                sock.send_to(&datagram, creds.turn).await.unwrap();
+            }
+            answered_requests += 2;
+        }
+    }
+    // Exactly one answer per STUN request, then nothing more: a last Binding's answer arrives after all of them.
+    let mut bytes_out = 0;
+    let mut buf = vec![0; 2048];
+    for sock in &socks {
+        let marker = binding();
+        sock.send_to(&marker, creds.turn).await.unwrap();
+        let mut answers = 0;
+        loop {
+            let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("answers").unwrap();
+            let m = Message::parse(&buf[..n]).expect("every answer is STUN");
+            assert!(n <= 100, "a {n}-byte answer to an unauthenticated request");
+            bytes_out += n;
+            if m.transaction_id() == marker[8..20] {
+                break;
+            }
+            assert!(matches!(m.error_code(), None | Some(401)), "{:?}", m.error_code());
+            answers += 1;
+        }
+        assert_eq!(answers, 2 * ROUNDS, "answers to one source");
+    }
+    let (ratio, answered) = (bytes_out as f64 / bytes_in as f64, answered_requests);
+    eprintln!("flood: {bytes_in} bytes in, {bytes_out} out (×{ratio:.2}), {answered} requests answered");
+    assert!(ratio < 1.0, "the flood was amplified ×{ratio:.2}");
+    let metrics = scrape(server.addr).await;
+    assert_eq!(sample(&metrics, "switchboard_turn_allocations_active", None), 1.0, "only the real allocation");
+    let after = allocate(&creds).await;
+    assert_eq!(after.error, None, "a real allocation after the flood");
+    drop(held);
+}
