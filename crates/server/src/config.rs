@@ -155,6 +155,11 @@ pub struct SignalingConfig {
     pub max_message_size: usize,
     /// Outbound messages queued per session before it counts as a slow consumer and is disconnected.
     pub outbound_queue: usize,
+    /// Kernel send buffer of each signaling connection (SO_SNDBUF, bytes; Linux doubles it); 0 leaves the kernel's
+    /// autotuning, which lets one socket hold up to `net.ipv4.tcp_wmem` (4 MiB by default) for a reader that stopped.
+    /// With a fixed buffer a stalled reader fills it and then its outbound queue, and is cut off as a slow consumer
+    /// after a bounded number of bytes instead of megabytes.
+    pub send_buffer: usize,
     /// Read buffer of TLS connections and of upgrades through the HTTP server (plain ws sessions keep none while idle).
     pub read_buffer_size: usize,
     /// A session silent this long is pinged.
@@ -235,6 +240,7 @@ impl Default for SignalingConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
             max_message_size: 256 * 1024,
             outbound_queue: 256,
+            send_buffer: 128 * 1024,
             read_buffer_size: 4096,
             ping_after: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -309,6 +315,9 @@ impl Config {
         }
         if s.outbound_queue == 0 {
             return invalid("signaling.outbound-queue", "must be at least 1");
+        }
+        if s.send_buffer != 0 && s.send_buffer < 4096 {
+            return invalid("signaling.send-buffer", "must be 0 (kernel autotuning) or at least 4096 bytes");
         }
         if s.read_buffer_size < 256 {
             return invalid("signaling.read-buffer-size", "must be at least 256 bytes");

@@ -48,6 +48,19 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// larger than release ones).
 const MAX_SESSION_TASK: usize = 2048;
 
+/// Socket options of every accepted signaling connection (plain or TLS).
+pub fn tune(tcp: &TcpStream, send_buffer: usize) {
+    // Signaling is small request/response messages: never wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    // A fixed send buffer bounds what a reader that stopped reading can hold in the kernel; past it, its outbound
+    // queue fills and it is cut off (`signaling.send-buffer`).
+    if send_buffer != 0 {
+        if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer) {
+            debug!(error = %e, "SO_SNDBUF refused");
+        }
+    }
+}
+
 /// Accepts connections until `stop` completes.
 pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
@@ -61,8 +74,7 @@ pub async fn serve(listener: TcpListener, app: AppState, router: Router, stop: i
         match accepted {
             Ok((tcp, peer)) => {
                 exhausted = false;
-                // Signaling is small request/response messages: never wait for Nagle.
-                let _ = tcp.set_nodelay(true);
+                tune(&tcp, app.config.send_buffer);
                 let sessions = app.sessions.clone();
                 sessions.spawn(connection(tcp, peer, app.clone(), router.clone()));
             }

@@ -319,7 +319,8 @@ async fn bind_tls(config: &Config) -> Result<Option<TlsListener>, ServerError> {
     };
     let addr = t.listen;
     let tcp = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-    let listener = TlsListener::new(tcp, server_config).map_err(|source| ServerError::Bind { addr, source })?;
+    let listener = TlsListener::new(tcp, server_config, config.signaling.send_buffer)
+        .map_err(|source| ServerError::Bind { addr, source })?;
     info!(addr = %axum::serve::Listener::local_addr(&listener).unwrap_or(addr), "wss listening");
     Ok(Some(listener))
 }

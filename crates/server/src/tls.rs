@@ -77,7 +77,7 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `listener`; the acceptor task ends when this listener is dropped.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, send_buffer: usize) -> io::Result<TlsListener> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(config);
@@ -93,7 +93,7 @@ impl TlsListener {
                         }
                     },
                 };
-                let _ = tcp.set_nodelay(true);
+                crate::listener::tune(&tcp, send_buffer);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

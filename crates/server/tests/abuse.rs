@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::raw::*;
 use common::*;
+use futures_util::StreamExt;
 use switchboard_server::listener::HEAD_TIMEOUT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A call in progress relays one candidate each way.
 async fn still_relays(caller: &mut Client, callee: &mut Client, n: usize) {
@@ -153,7 +155,8 @@ async fn slowloris_heads_are_dropped_at_the_head_timeout_and_others_keep_their_l
     still_relays(&mut caller, &mut callee, 1).await;
 
     // Every slow connection is dropped by the server (end of stream, no response), once the head timeout is over.
-    let deadline = tokio::time::timeout(HEAD_TIMEOUT + Duration::from_secs(20), futures_util::future::join_all(dribblers));
+    let deadline =
+        tokio::time::timeout(HEAD_TIMEOUT + Duration::from_secs(20), futures_util::future::join_all(dribblers));
     let dropped = deadline.await.expect("every slow head dropped in time");
     assert!(dropped.into_iter().all(|d| d.unwrap()), "a slow connection got a response instead of being dropped");
     assert!(started.elapsed() >= HEAD_TIMEOUT, "dropped before the head timeout");
@@ -163,4 +166,196 @@ async fn slowloris_heads_are_dropped_at_the_head_timeout_and_others_keep_their_l
     let bound = (unloaded * 2).max(Duration::from_millis(1));
     assert!(loaded <= bound, "register p99 {loaded:?} under slowloris, {unloaded:?} without");
     still_relays(&mut caller, &mut callee, 2).await;
+}
+
+/// The process's resident memory, in bytes (this test's server runs in this process).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// p99 of `n` candidate round trips across an answered call (one each way per sample).
+async fn relay_p99(caller: &mut Client, callee: &mut Client, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        still_relays(caller, callee, 1000 + i).await;
+        took.push(start.elapsed());
+    }
+    took.sort();
+    took[n * 99 / 100]
+}
+
+const KEEPERS: usize = 1000;
+const FLOODERS: usize = 10;
+/// Candidates each flooder sends per 10 ms tick: 10 000 frames of 1 KiB a second in all. The pace keeps this test's own
+/// clients from taking the two cores the server shares with them.
+const PER_TICK: usize = 10;
+
+/// `KEEPERS` room keepers on raw sockets with a 4 KiB receive buffer (so that the kernel stops taking bytes for them
+/// early). Unless `stall`, a task per keeper reads and discards whatever arrives; a stalled one never reads again.
+async fn keepers(server: &TestServer, prefix: &str, stall: bool) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for i in 0..KEEPERS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(server.addr).await.unwrap();
+        s.write_all(&[UPGRADE.as_bytes(), &text(&register(&format!("{prefix}{i}")))].concat()).await.unwrap();
+        response_head(&mut s).await;
+        assert_eq!(json_frame(&mut s).await["class"], "accept");
+        if stall {
+            held.push(s);
+        } else {
+            tokio::spawn(async move {
+                let mut sink = vec![0; 64 * 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    }
+    held
+}
+
+/// `FLOODERS` callers call every keeper room `{prefix}{i}`, then relay 1 KiB candidates to them at the `PER_TICK`
+/// pace, round robin, until each room has been sent `frames` candidates or has been cut off (its keeper's bye, or a
+/// `room_not_found` reject, came back). Meanwhile the relay p99 of the answered call between `caller` and `callee` is
+/// measured. Returns the rooms cut off and that p99.
+async fn flood(
+    server: &TestServer,
+    prefix: &str,
+    frames: usize,
+    caller: &mut Client,
+    callee: &mut Client,
+) -> (usize, Duration) {
+    let line = "x".repeat(1024);
+    let deadline = Instant::now() + 3 * WAIT;
+    let mut floods = Vec::new();
+    for c in 0..FLOODERS {
+        let mut f = server.registered(&format!("{prefix}flooder{c}")).await;
+        let mine: Vec<usize> = (c..KEEPERS).step_by(FLOODERS).collect();
+        for &i in &mine {
+            f.send(call(&format!("T{i}"), "g", &format!("{prefix}{i}"))).await;
+        }
+        let (mut sink, mut stream) = f.ws.split();
+        // What comes back (byes of rooms cut off, rejects of candidates sent after that) is read apart from the
+        // sending, so that the flooder itself never falls behind its own queue limit.
+        let cut = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let reader = {
+            let (cut, prefix) = (cut.clone(), prefix.to_owned());
+            tokio::spawn(async move {
+                while let Some(Ok(Message::Text(t))) = stream.next().await {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    if let Some(room) = v["room_id"].as_str().and_then(|r| r.strip_prefix(prefix.as_str())) {
+                        if v["method"] == "bye" || v["code"] == "room_not_found" {
+                            cut.lock().unwrap().insert(room.parse::<usize>().unwrap());
+                        }
+                    }
+                }
+            })
+        };
+        let (line, prefix) = (line.clone(), prefix.to_owned());
+        floods.push(tokio::spawn(async move {
+            let mut sent = vec![0usize; mine.len()];
+            let mut next = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let done = |sent: &[usize], cut: &std::collections::HashSet<usize>| {
+                mine.iter().zip(sent).all(|(i, &n)| n >= frames || cut.contains(i))
+            };
+            while !done(&sent, &cut.lock().unwrap()) && Instant::now() < deadline {
+                tick.tick().await;
+                let mut batch = Vec::new();
+                {
+                    let cut = cut.lock().unwrap();
+                    for _ in 0..mine.len() {
+                        if batch.len() == PER_TICK {
+                            break;
+                        }
+                        let k = next % mine.len();
+                        next += 1;
+                        if sent[k] < frames && !cut.contains(&mine[k]) {
+                            sent[k] += 1;
+                            batch.push(candidate("g", &format!("{prefix}{}", mine[k]), &line));
+                        }
+                    }
+                }
+                for v in batch {
+                    futures_util::SinkExt::send(&mut sink, Message::Text(v.to_string().into())).await.unwrap();
+                }
+            }
+            reader.abort();
+            let n = cut.lock().unwrap().len();
+            n
+        }));
+    }
+    // Round trips sampled every 2 ms for as long as the flood lasts (its cut-offs included), at least 200 of them.
+    let mut took = Vec::new();
+    while took.len() < 200 || !floods.iter().all(|f| f.is_finished()) {
+        let start = Instant::now();
+        still_relays(caller, callee, 1000 + took.len()).await;
+        took.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    let mut cut = 0;
+    for f in floods {
+        cut += f.await.unwrap();
+    }
+    (cut, p99)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_that_stop_reading_are_cut_off_and_nobody_else_notices() {
+    let server = TestServer::start_with(|c| {
+        c.signaling.outbound_queue = 8;
+        c.signaling.send_buffer = 16 * 1024;
+        c.limits.messages_per_second = 1_000_000;
+        c.limits.message_burst = 1_000_000;
+        c.limits.max_connections_per_ip = 5_000;
+        c.limits.max_calls_per_caller = KEEPERS;
+    })
+    .await;
+    let (mut callee, mut caller) = server.in_call().await;
+    let unloaded = relay_p99(&mut caller, &mut callee, 200).await;
+
+    // The control: the same relay load into keepers that read, 40 candidates each (what a stalled one takes).
+    keepers(&server, "reader", false).await;
+    let (cut, control) = flood(&server, "reader", 40, &mut caller, &mut callee).await;
+    assert_eq!(cut, 0, "keepers that read are never cut off");
+    let rss_before = rss();
+
+    // A stalled keeper holds at most its send buffer (32 KiB, as Linux doubles it) plus 8 queued frames of ~1 KiB, so
+    // about 40 candidates; 1 000 are allowed before it counts as never cut off.
+    let stalled = keepers(&server, "stall", true).await;
+    let (cut, during) = flood(&server, "stall", 1000, &mut caller, &mut callee).await;
+    assert_eq!(cut, KEEPERS, "stalled sessions cut off");
+    let deadline = Instant::now() + WAIT;
+    while disconnects(server.addr, "slow_consumer").await < KEEPERS as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "slow-consumer disconnects: {}",
+            disconnects(server.addr, "slow_consumer").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = rss().saturating_sub(rss_before);
+    eprintln!(
+        "relay p99 {unloaded:?} unloaded, {control:?} relaying into {KEEPERS} readers, {during:?} into {KEEPERS} stalled \
+         sessions; RSS +{} KiB",
+        grown / 1024
+    );
+    // Bounded queues: 1 000 sessions × 8 queued frames of ~1 KiB, plus the connections' own state, not megabytes each.
+    assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+    let bound = (control * 2).max(Duration::from_millis(2));
+    assert!(during <= bound, "relay p99 {during:?} into stalled sessions, {control:?} into readers");
+    still_relays(&mut caller, &mut callee, 1).await;
+    drop(stalled);
 }

@@ -234,7 +234,11 @@ async fn admin_answers_for_the_whole_cluster_on_every_node() {
     // Its release reaches the backbone one round trip after the close; from then on the room is gone everywhere.
     eventually(|| async {
         let (status, body) = admin(&n3, "DELETE", "/api/rooms/cam").await;
-        if status == 404 { Ok(()) } else { Err(format!("{status} {body}")) }
+        if status == 404 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
     })
     .await;
 }

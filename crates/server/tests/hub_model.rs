@@ -35,14 +35,42 @@ const LIMITS: CallLimits = CallLimits { per_room: 2, per_caller: 3 };
 #[derive(Clone, Debug)]
 enum Op {
     /// `room`: an index into the fixed ids and the assigned ones seen so far; `None` asks for an assigned id.
-    Register { slot: usize, room: Option<usize>, takeover: bool },
-    Unregister { slot: usize, room: usize },
-    Call { slot: usize, guest: usize, room: usize },
-    Answer { slot: usize, accept: bool, guest: usize, room: usize },
-    Candidate { slot: usize, guest: usize, room: usize },
-    Bye { slot: usize, guest: usize, room: usize },
-    Disconnect { slot: usize },
-    Kick { room: usize },
+    Register {
+        slot: usize,
+        room: Option<usize>,
+        takeover: bool,
+    },
+    Unregister {
+        slot: usize,
+        room: usize,
+    },
+    Call {
+        slot: usize,
+        guest: usize,
+        room: usize,
+    },
+    Answer {
+        slot: usize,
+        accept: bool,
+        guest: usize,
+        room: usize,
+    },
+    Candidate {
+        slot: usize,
+        guest: usize,
+        room: usize,
+    },
+    Bye {
+        slot: usize,
+        guest: usize,
+        room: usize,
+    },
+    Disconnect {
+        slot: usize,
+    },
+    Kick {
+        room: usize,
+    },
     /// Every pending call times out.
     Timeout,
 }
@@ -70,7 +98,9 @@ fn op() -> impl Strategy<Value = Op> {
 /// Most sessions register first (so that calls have somewhere to go), then anything happens.
 fn sequence() -> impl Strategy<Value = Vec<Op>> {
     let first = (0..SLOTS)
-        .map(|slot| (0..ROOMS.len() + 1).prop_map(move |r| Op::Register { slot, room: r.checked_sub(1), takeover: false }))
+        .map(|slot| {
+            (0..ROOMS.len() + 1).prop_map(move |r| Op::Register { slot, room: r.checked_sub(1), takeover: false })
+        })
         .collect::<Vec<_>>();
     (first, proptest::collection::vec(op(), 1..80)).prop_map(|(mut ops, rest)| {
         ops.extend(rest);
@@ -390,7 +420,8 @@ impl World {
                 prop_assert_eq!(kicked, holder.is_some());
             }
             Op::Timeout => {
-                let pending: Vec<_> = m.calls.iter().filter(|(_, c)| c.pending).map(|(k, c)| (k.clone(), c.caller)).collect();
+                let pending: Vec<_> =
+                    m.calls.iter().filter(|(_, c)| c.pending).map(|(k, c)| (k.clone(), c.caller)).collect();
                 for ((room, guest), caller) in pending {
                     m.calls.remove(&(room.clone(), guest.clone()));
                     // The call's transaction id is the one its caller sent; the model does not keep it.

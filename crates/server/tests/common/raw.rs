@@ -90,4 +90,3 @@ pub async fn upgraded(server: &TestServer, after_head: &[u8]) -> TcpStream {
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
     s
 }
-
