@@ -196,10 +196,13 @@ async fn relay_p99(caller: &mut Client, callee: &mut Client, n: usize) -> Durati
 }
 
 const KEEPERS: usize = 1000;
-const FLOODERS: usize = 10;
+/// Each one calls 20 keepers: the byes of their cut-offs (20 at once) fit its own outbound queue.
+const FLOODERS: usize = 50;
 /// Candidates each flooder sends per 10 ms tick: 10 000 frames of 1 KiB a second in all. The pace keeps this test's own
 /// clients from taking the two cores the server shares with them.
-const PER_TICK: usize = 10;
+const PER_TICK: usize = 2;
+/// Frames queued per session (`signaling.outbound-queue`).
+const QUEUE: usize = 32;
 
 /// `KEEPERS` room keepers on raw sockets with a 4 KiB receive buffer (so that the kernel stops taking bytes for them
 /// early). Unless `stall`, a task per keeper reads and discards whatever arrives; a stalled one never reads again.
@@ -315,7 +318,7 @@ async fn flood(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_that_stop_reading_are_cut_off_and_nobody_else_notices() {
     let server = TestServer::start_with(|c| {
-        c.signaling.outbound_queue = 8;
+        c.signaling.outbound_queue = QUEUE;
         c.signaling.send_buffer = 16 * 1024;
         c.limits.messages_per_second = 1_000_000;
         c.limits.message_burst = 1_000_000;
@@ -326,14 +329,14 @@ async fn a_thousand_sessions_that_stop_reading_are_cut_off_and_nobody_else_notic
     let (mut callee, mut caller) = server.in_call().await;
     let unloaded = relay_p99(&mut caller, &mut callee, 200).await;
 
-    // The control: the same relay load into keepers that read, 40 candidates each (what a stalled one takes).
+    // The control: the same relay load into keepers that read, as many candidates each as a stalled one takes.
     keepers(&server, "reader", false).await;
-    let (cut, control) = flood(&server, "reader", 40, &mut caller, &mut callee).await;
+    let (cut, control) = flood(&server, "reader", 64, &mut caller, &mut callee).await;
     assert_eq!(cut, 0, "keepers that read are never cut off");
     let rss_before = rss();
 
-    // A stalled keeper holds at most its send buffer (32 KiB, as Linux doubles it) plus 8 queued frames of ~1 KiB, so
-    // about 40 candidates; 1 000 are allowed before it counts as never cut off.
+    // A stalled keeper holds at most its send buffer (32 KiB, as Linux doubles it) plus 32 queued frames of ~1 KiB,
+    // so about 64 candidates; 1 000 are allowed before it counts as never cut off.
     let stalled = keepers(&server, "stall", true).await;
     let (cut, during) = flood(&server, "stall", 1000, &mut caller, &mut callee).await;
     assert_eq!(cut, KEEPERS, "stalled sessions cut off");
@@ -352,7 +355,7 @@ async fn a_thousand_sessions_that_stop_reading_are_cut_off_and_nobody_else_notic
          sessions; RSS +{} KiB",
         grown / 1024
     );
-    // Bounded queues: 1 000 sessions × 8 queued frames of ~1 KiB, plus the connections' own state, not megabytes each.
+    // Bounded queues: 1 000 sessions × 32 queued frames of ~1 KiB, plus the connections' own state, not megabytes each.
     assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
     let bound = (control * 2).max(Duration::from_millis(2));
     assert!(during <= bound, "relay p99 {during:?} into stalled sessions, {control:?} into readers");

@@ -8,6 +8,13 @@
 //! counterpart of an ended call gets exactly one bye, every request exactly one answer. proptest shrinks a failure to
 //! a minimal sequence of steps.
 //!
+//! The same properties hold for the cluster hub: three [`ClusterHub`] nodes over the in-memory backbone, the sessions
+//! spread over them (slot `i` on node `i % 3`), so that most calls, relays, byes, take-overs and kicks cross nodes.
+//! A cluster hub answers some messages later (after the backbone), so each step lets the runtime run until nothing
+//! is left to do before comparing. One more step there: a node cut off from the backbone past the node timeout and
+//! then back. The model: its sessions are closed (1012) without a bye, their rooms are free, and every counterpart
+//! on the other nodes gets exactly one bye "peer unregister".
+//!
 //! The session layer is played by the test: it detaches a session the hub killed (kick, take-over), as the real
 //! session task does when its outbox says so. Time is tokio's paused clock: a call timeout costs nothing.
 
@@ -20,8 +27,9 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Value};
 use switchboard_proto::Message;
+use switchboard_server::cluster::{ClusterHub, ClusterTiming, MemoryWorld};
 use switchboard_server::config::Config;
-use switchboard_server::hub::{CallLimits, Hub, MemoryHub, RoomInfo, SessionId};
+use switchboard_server::hub::{CallLimits, Hub, HubSettings, MemoryHub, RoomInfo, SessionId};
 use switchboard_server::ice::{turn_credentials, IceServers};
 use switchboard_server::metrics::Metrics;
 use switchboard_server::outbox::Outbox;
@@ -31,6 +39,8 @@ const ROOMS: [&str; 3] = ["a", "b", "c"];
 const GUESTS: [&str; 3] = ["g1", "g2", "g3"];
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const LIMITS: CallLimits = CallLimits { per_room: 2, per_caller: 3 };
+const TIMING: ClusterTiming =
+    ClusterTiming { heartbeat: Duration::from_secs(1), node_timeout: Duration::from_secs(10) };
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -73,6 +83,11 @@ enum Op {
     },
     /// Every pending call times out.
     Timeout,
+    /// A cluster node (`node` modulo their number) is cut off from the backbone past the node timeout, then comes
+    /// back; nothing with one node.
+    Crash {
+        node: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -92,6 +107,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => slot.prop_map(|slot| Op::Disconnect { slot }),
         1 => room.prop_map(|room| Op::Kick { room }),
         1 => Just(Op::Timeout),
+        1 => (0..3usize).prop_map(|node| Op::Crash { node }),
     ]
 }
 
@@ -125,6 +141,8 @@ enum Got {
 struct Call {
     caller: usize,
     pending: bool,
+    /// When it was placed (virtual time).
+    since: tokio::time::Instant,
 }
 
 /// The reference model: which slot holds which room, and the calls into each room.
@@ -196,10 +214,12 @@ impl Model {
     }
 }
 
-/// The hub under test, with the sessions in the slots.
+/// The hub under test (one memory hub, or the nodes of a cluster), with the sessions in the slots.
 struct World {
-    hub: MemoryHub,
-    metrics: Arc<Metrics>,
+    hubs: Vec<Arc<dyn Hub>>,
+    metrics: Vec<Arc<Metrics>>,
+    /// The cluster's backbone (cut a node off with it).
+    backbone: Option<MemoryWorld>,
     sessions: Vec<(SessionId, Outbox)>,
     model: Model,
     /// What the hub answered or queued during this step, per slot.
@@ -208,19 +228,64 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
-        let metrics = Arc::new(Metrics::new());
+    fn settings() -> HubSettings {
         let config = Config::default();
         let (credentials, _) = turn_credentials(&config);
         let ice = IceServers::new(&config, &["192.0.2.1".parse().unwrap()], 3478, &credentials);
-        let hub = MemoryHub::new(ice, CALL_TIMEOUT, LIMITS, metrics.clone());
+        HubSettings { ice, call_timeout: CALL_TIMEOUT, call_limits: LIMITS }
+    }
+
+    fn memory() -> World {
+        let metrics = Arc::new(Metrics::new());
+        let s = World::settings();
+        let hub = MemoryHub::new(s.ice, s.call_timeout, s.call_limits, metrics.clone());
+        World::with(vec![Arc::new(hub)], vec![metrics], None)
+    }
+
+    /// `nodes` cluster hubs over one in-memory backbone, once all of them have joined.
+    async fn cluster(nodes: usize) -> World {
+        let backbone = MemoryWorld::new(TIMING.node_timeout);
+        let (mut hubs, mut all_metrics) = (Vec::<Arc<dyn Hub>>::new(), Vec::new());
+        for n in 0..nodes {
+            let mut metrics = Metrics::new();
+            let cluster = metrics.register_cluster();
+            let metrics = Arc::new(metrics);
+            let node = Arc::new(backbone.node(&format!("n{n}")));
+            hubs.push(Arc::new(ClusterHub::start(World::settings(), metrics.clone(), cluster, node, TIMING)));
+            all_metrics.push(metrics);
+        }
+        // Virtual time: this costs nothing, and a node that never joins fails the case instead of hanging it.
+        let deadline = tokio::time::Instant::now() + TIMING.node_timeout;
+        while !hubs.iter().all(|h| h.ready()) {
+            assert!(tokio::time::Instant::now() < deadline, "the cluster nodes did not join");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        World::with(hubs, all_metrics, Some(backbone))
+    }
+
+    fn with(hubs: Vec<Arc<dyn Hub>>, metrics: Vec<Arc<Metrics>>, backbone: Option<MemoryWorld>) -> World {
         let sessions = (0..SLOTS)
-            .map(|_| {
-                let outbox = Outbox::new(1024, None, metrics.clone());
-                (hub.attach(outbox.clone()), outbox)
+            .map(|slot| {
+                let node = slot % hubs.len();
+                let outbox = Outbox::new(1024, None, metrics[node].clone());
+                (hubs[node].attach(outbox.clone()), outbox)
             })
             .collect();
-        World { hub, metrics, sessions, model: Model::default(), actual: Default::default(), sent: 0 }
+        let model = Model::default();
+        World { hubs, metrics, backbone, sessions, model, actual: Default::default(), sent: 0 }
+    }
+
+    /// The node that serves `slot`'s session.
+    fn hub(&self, slot: usize) -> &Arc<dyn Hub> {
+        &self.hubs[slot % self.hubs.len()]
+    }
+
+    /// Lets every task (backbone operations, envelopes between nodes) run until none is left with work to do: the
+    /// paused clock only moves once the runtime is idle, so a short sleep ends after all of it.
+    async fn settle(&self) {
+        if self.hubs.len() > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// A client frame; its `n` field makes every relayed copy recognisable.
@@ -233,7 +298,7 @@ impl World {
 
     fn dispatch(&mut self, slot: usize, text: &str, takeover: bool) {
         let msg = Message::parse(text).expect("the test sends valid messages");
-        if let Err(reject) = self.hub.dispatch(self.sessions[slot].0, &msg, text, takeover) {
+        if let Err(reject) = self.hub(slot).dispatch(self.sessions[slot].0, &msg, text, takeover) {
             let got = summarize(&reject.to_json());
             self.actual[slot].push(got);
         }
@@ -250,15 +315,33 @@ impl World {
 
     fn reconnect(&mut self, slot: usize) {
         self.drain(slot);
-        self.hub.detach(self.sessions[slot].0);
-        let outbox = Outbox::new(1024, None, self.metrics.clone());
-        self.sessions[slot] = (self.hub.attach(outbox.clone()), outbox);
+        self.hub(slot).detach(self.sessions[slot].0);
+        let node = slot % self.hubs.len();
+        let outbox = Outbox::new(1024, None, self.metrics[node].clone());
+        self.sessions[slot] = (self.hubs[node].attach(outbox.clone()), outbox);
     }
 
     fn drain(&mut self, slot: usize) {
         let mut frames = Vec::new();
         self.sessions[slot].1.take(&mut frames);
         self.actual[slot].extend(frames.iter().map(|f| summarize(&payload(f))));
+    }
+
+    /// Every pending call times out.
+    async fn time_out_pending(&mut self) {
+        let m = &mut self.model;
+        let pending: Vec<_> = m.calls.iter().filter(|(_, c)| c.pending).map(|(k, c)| (k.clone(), c.caller)).collect();
+        for ((room, guest), caller) in pending {
+            m.calls.remove(&(room.clone(), guest.clone()));
+            // The call's transaction id is the one its caller sent; the model does not keep it.
+            m.expect(caller, Got::Reject("<call>".into(), "call_timeout".into()));
+            let owner = m.holder[&room];
+            m.expect(owner, Got::ServerBye(guest, room, "call timeout".into()));
+        }
+        // The paused clock jumps to each due timer in turn (the calls' timers are tasks on this runtime) and runs it
+        // before this sleep ends.
+        tokio::time::sleep(CALL_TIMEOUT + Duration::from_millis(10)).await;
+        self.settle().await;
     }
 
     /// Runs one step on the hub and on the model, then compares them.
@@ -293,6 +376,7 @@ impl World {
                 }
                 let assigned = wanted_is_none(op) && m.room_of[slot].is_none();
                 self.dispatch(slot, &text, takeover);
+                self.settle().await;
                 if assigned {
                     // The hub picks the id: learn it from the accept.
                     self.drain(slot);
@@ -344,7 +428,7 @@ impl World {
                 {
                     reject(m, "rate_limited");
                 } else {
-                    m.calls.insert(key, Call { caller: slot, pending: true });
+                    m.calls.insert(key, Call { caller: slot, pending: true, since: tokio::time::Instant::now() });
                     let owner = m.holder[&room];
                     m.expect(owner, Got::Relay(text.clone()));
                 }
@@ -416,25 +500,52 @@ impl World {
                 if let Some(h) = holder {
                     m.detach(h);
                 }
-                let kicked = self.hub.kick(&room).await.expect("the memory hub always answers");
+                // From any node: slot 1's, which is not always the holder's.
+                let kicked = self.hub(1).kick(&room).await.expect("the hub answers");
                 prop_assert_eq!(kicked, holder.is_some());
             }
-            Op::Timeout => {
-                let pending: Vec<_> =
-                    m.calls.iter().filter(|(_, c)| c.pending).map(|(k, c)| (k.clone(), c.caller)).collect();
-                for ((room, guest), caller) in pending {
-                    m.calls.remove(&(room.clone(), guest.clone()));
-                    // The call's transaction id is the one its caller sent; the model does not keep it.
-                    m.expect(caller, Got::Reject("<call>".into(), "call_timeout".into()));
-                    let owner = m.holder[&room];
-                    m.expect(owner, Got::ServerBye(guest, room, "call timeout".into()));
+            Op::Crash { node } => {
+                if self.backbone.is_some() {
+                    // A crash takes virtual time: a call that would time out meanwhile times out first, so that
+                    // the model need not know the exact instant.
+                    let crash = TIMING.node_timeout + TIMING.heartbeat * 3;
+                    let soon = tokio::time::Instant::now() + crash + Duration::from_secs(1);
+                    if self.model.calls.values().any(|c| c.pending && c.since + CALL_TIMEOUT <= soon) {
+                        self.time_out_pending().await;
+                    }
+                    let (m, backbone) = (&mut self.model, self.backbone.as_ref().unwrap());
+                    let node = node % self.hubs.len();
+                    let down: Vec<usize> = (0..SLOTS).filter(|s| s % self.hubs.len() == node).collect();
+                    for &s in &down {
+                        m.detach(s);
+                    }
+                    // Its own sessions are closed, byes or not.
+                    for &s in &down {
+                        m.expected[s].clear();
+                    }
+                    let id = format!("n{node}");
+                    backbone.set_cut(&id, true);
+                    tokio::time::sleep(crash).await;
+                    backbone.set_cut(&id, false);
+                    let deadline = tokio::time::Instant::now() + TIMING.node_timeout;
+                    while !self.hubs[node].ready() {
+                        prop_assert!(tokio::time::Instant::now() < deadline, "node {} did not rejoin", id);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    self.settle().await;
+                    for &s in &down {
+                        prop_assert!(self.sessions[s].1.cause().is_some(), "slot {} survived its node's loss", s);
+                        // Whatever was queued for a session closed with 1012 never reaches it.
+                        let mut lost = Vec::new();
+                        self.sessions[s].1.take(&mut lost);
+                    }
                 }
-                // The paused clock jumps to each due timer in turn (the calls' timers are tasks on this runtime) and
-                // runs it before this sleep ends.
-                tokio::time::sleep(CALL_TIMEOUT + Duration::from_millis(10)).await;
             }
+            Op::Timeout => self.time_out_pending().await,
         }
+        self.settle().await;
         self.reap_killed();
+        self.settle().await;
         for slot in 0..SLOTS {
             self.drain(slot);
         }
@@ -452,9 +563,12 @@ impl World {
             expected.sort();
             prop_assert_eq!(actual, expected, "slot {} after {:?}", slot, op);
         }
-        let rooms = self.hub.rooms().await.expect("the memory hub always answers");
-        prop_assert_eq!(rooms, self.model.rooms(), "rooms after {:?}", op);
-        prop_assert_eq!(self.hub.room_count(), self.model.holder.len());
+        for hub in &self.hubs {
+            let rooms = hub.rooms().await.expect("the hub answers");
+            prop_assert_eq!(rooms, self.model.rooms(), "rooms after {:?}", op);
+        }
+        let held: i64 = self.metrics.iter().map(|m| m.rooms.get()).sum();
+        prop_assert_eq!(held, self.model.holder.len() as i64, "rooms held, by the gauges");
         Ok(())
     }
 }
@@ -490,10 +604,11 @@ fn payload(frame: &Bytes) -> String {
     String::from_utf8(b[at..at + len].to_vec()).unwrap()
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// Runs `ops` against the memory hub (`nodes` 1) or a cluster of `nodes` hubs.
+fn run(ops: &[Op], nodes: usize) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
     rt.block_on(async {
-        let mut world = World::new();
+        let mut world = if nodes == 1 { World::memory() } else { World::cluster(nodes).await };
         for op in ops {
             world.step(op).await?;
         }
@@ -501,7 +616,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         for slot in 0..SLOTS {
             world.step(&Op::Disconnect { slot }).await?;
         }
-        prop_assert!(world.hub.rooms().await.unwrap().is_empty());
+        for hub in &world.hubs {
+            prop_assert!(hub.rooms().await.unwrap().is_empty());
+        }
         Ok(())
     })
 }
@@ -516,8 +633,41 @@ proptest! {
 
     #[test]
     fn the_memory_hub_behaves_as_the_model(ops in sequence()) {
-        run(&ops)?;
+        run(&ops, 1)?;
     }
+}
+
+proptest! {
+    // Fewer cases: each one starts three nodes and crosses them at every step.
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/hub_model.proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn three_cluster_nodes_behave_as_one_hub(ops in sequence()) {
+        run(&ops, 3)?;
+    }
+}
+
+/// Found by the cluster property: a caller at its call limit that calls a room nobody holds got `rate_limited` from
+/// a cluster node (the limit was checked before the room was looked up on the backbone) where one server answers
+/// `room_not_found`.
+#[test]
+fn a_caller_at_its_limit_calling_a_missing_room_gets_room_not_found_on_a_cluster_too() {
+    use Op::*;
+    let ops = [
+        Register { slot: 0, room: Some(1), takeover: false },
+        Register { slot: 1, room: None, takeover: false },
+        Register { slot: 2, room: Some(0), takeover: false },
+        Call { slot: 2, guest: 0, room: 1 },
+        Call { slot: 2, guest: 1, room: 3 },
+        Call { slot: 2, guest: 0, room: 3 },
+        Call { slot: 2, guest: 0, room: 2 },
+    ];
+    run(&ops, 1).unwrap();
+    run(&ops, 3).unwrap();
 }
 
 /// A fixed sequence the random ones must also reach: the per-room limit, then the per-caller one.
@@ -535,5 +685,6 @@ fn call_limits_per_room_and_per_caller() {
         Register { slot: 3, room: None, takeover: false },
         Call { slot: 1, guest: 1, room: 3 },
     ];
-    run(&ops).unwrap();
+    run(&ops, 1).unwrap();
+    run(&ops, 3).unwrap();
 }

@@ -310,20 +310,12 @@ impl<B: Backbone> Inner<B> {
                 st.end_tours(sid);
                 Route::Wait(Op::Unregister { raw: raw.to_owned(), room: own.to_string(), fence })
             }
-            Body::Call { room_id, guest_id, .. } => {
+            Body::Call { room_id, .. } => {
                 if own.is_none() || st.rooms.contains_key(&**room_id) {
                     return local(st);
                 }
-                let key = (Arc::from(&**room_id), Arc::from(&**guest_id));
-                if session.remote_tours.contains_key(&key) {
-                    return Route::Done(Err(
-                        msg.reject(RejectCode::GuestConflict, format!("guest_id \"{guest_id}\" in use"))
-                    ));
-                }
-                let max = st.settings.call_limits.per_caller;
-                if st.tour_count(sid) >= max {
-                    return Route::Done(Err(too_many_calls(msg, max)));
-                }
+                // The guest and per-caller checks wait for the lookup (`forward_call`): one server answers
+                // `room_not_found` before either, and so must the cluster.
                 if !self.reachable() {
                     return Route::Done(Err(msg.reject(RejectCode::Unavailable, "cluster backbone unavailable")));
                 }
