@@ -24,14 +24,14 @@ pub struct CallsConfig {
     pub peer_pid: Option<u32>,
 }
 
-struct Pair {
+pub(crate) struct Pair {
     caller: Ws,
     callee: Ws,
     caller_room: String,
     callee_room: String,
 }
 
-async fn open_pair(url: &str, peer_url: &str, i: usize, run: u32) -> Result<Pair, BenchError> {
+pub(crate) async fn open_pair(url: &str, peer_url: &str, i: usize, run: u32) -> Result<Pair, BenchError> {
     let (caller_room, callee_room) = (format!("caller_{run}_{i}"), format!("callee_{run}_{i}"));
     let mut caller = connect_with(url, 2 * i, WRITE_BATCH).await?;
     let mut callee = connect_with(peer_url, 2 * i + 1, WRITE_BATCH).await?;
@@ -48,7 +48,7 @@ fn expect<'a>(text: &'a str, key: &str, want: &str) -> Result<&'a str, BenchErro
 }
 
 /// One complete flow; returns the call→accept latency.
-async fn flow(p: &mut Pair, n: u64, offer: &str, answer: &str) -> Result<Duration, BenchError> {
+pub(crate) async fn flow(p: &mut Pair, n: u64, offer: &str, answer: &str) -> Result<Duration, BenchError> {
     let guest = format!("{}_{n}", p.caller_room);
     let tid = format!("call{n}");
     let t0 = Instant::now();

@@ -12,6 +12,8 @@
 //! - [`calls`]: full call flows (call → accept → 2 candidates each way → bye), flows/s and call→accept latency.
 //! - [`relay`]: candidate indications both ways under a bounded in-flight window; msgs/s, latency, losses.
 //! - [`churn`]: connect/register/leave loops; sessions/s; then every room id must be registrable again.
+//! - [`soak`]: all of the above at once, paced, for a long time; the server sampled every interval (RSS,
+//!   descriptors, threads, sessions, rooms, latency), then lost messages and leaked rooms counted.
 
 pub mod calls;
 pub mod churn;
@@ -21,6 +23,7 @@ pub mod messages;
 pub mod proc_stats;
 pub mod relay;
 pub mod report;
+pub mod soak;
 
 pub use report::Report;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchboard_bench::{calls, churn, idle, relay, Report};
+use switchboard_bench::{calls, churn, idle, relay, soak, Report};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,6 +57,33 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// Idle rooms, call flows, relay streams and churn at once, paced, for a long time; the server sampled every
+    /// `--interval` seconds; lost messages and leaked rooms counted at the end. `bench/soak.sh` runs and plots it.
+    Soak {
+        /// Seconds.
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 14_000)]
+        idle: usize,
+        #[arg(long, default_value_t = 200)]
+        call_pairs: usize,
+        /// Seconds between two flows of one pair.
+        #[arg(long, default_value_t = 2.0)]
+        flow_every: f64,
+        #[arg(long, default_value_t = 50)]
+        relay_pairs: usize,
+        /// Candidates per second in each direction of each relay pair.
+        #[arg(long, default_value_t = 50)]
+        relay_rate: u32,
+        #[arg(long, default_value_t = 20)]
+        churners: usize,
+        /// Seconds between two sessions of one churner.
+        #[arg(long, default_value_t = 0.2)]
+        churn_every: f64,
+    },
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -86,6 +113,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Scenario::Churn { conns, duration } => {
                 churn::run(&churn::ChurnConfig { url, conns, duration: secs(duration), server_pid: pid }).await
+            }
+            Scenario::Soak {
+                duration,
+                interval,
+                idle,
+                call_pairs,
+                flow_every,
+                relay_pairs,
+                relay_rate,
+                churners,
+                churn_every,
+            } => {
+                let c = soak::SoakConfig {
+                    url,
+                    duration: secs(duration),
+                    interval: secs(interval),
+                    idle,
+                    call_pairs,
+                    flow_every: secs(flow_every),
+                    relay_pairs,
+                    relay_rate,
+                    churners,
+                    churn_every: secs(churn_every),
+                    server_pid: pid,
+                };
+                soak::run(&c).await
             }
         }
     })?;
