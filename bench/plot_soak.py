@@ -41,8 +41,9 @@ def main(src, dst):
     body += panel(0, "Server memory and descriptors", s,
                   [("RSS (MiB)", "#1f77b4", get("rss_kib", lambda v: v / 1024)),
                    ("open fds / 100", "#ff7f0e", get("fds", lambda v: v / 100))], "")
-    body += panel(H, "Open sessions and rooms (server gauges)", s,
-                  [("sessions", "#2ca02c", get("sessions")), ("rooms", "#9467bd", get("rooms"))], "")
+    body += panel(H, "Sessions, rooms and runtime tasks (server gauges)", s,
+                  [("sessions", "#2ca02c", get("sessions")), ("rooms", "#9467bd", get("rooms")),
+                   ("runtime tasks", "#bcbd22", get("tasks"))], "")
     body += panel(2 * H, "Latency per 10 s interval", s,
                   [("call→accept p50", "#8c564b", lat("call_to_accept", "p50_ms")),
                    ("call→accept p99", "#d62728", lat("call_to_accept", "p99_ms")),

@@ -24,7 +24,7 @@ r = json.load(open("bench/results/soak.json"))
 s = r.pop("samples")
 print(json.dumps(r))
 warm = [x for x in s if x["t_s"] >= 60]
-for k in ("rss_kib", "fds", "threads", "sessions"):
+for k in ("rss_kib", "fds", "threads", "sessions", "tasks"):
     v = [x[k] for x in warm if x[k] is not None]
     print(f"{k}: after 60 s min {min(v)} max {max(v)}")
 PY

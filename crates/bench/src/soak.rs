@@ -1,6 +1,7 @@
 //! `soak`: every kind of load at once for a long time — idle rooms held open, paced call flows, paced relay streams
 //! and connect/register/leave churn — sampling the server every `interval`: RSS, open descriptors, threads, and from
-//! its `/metrics` the open sessions and rooms, beside the latency percentiles of that interval.
+//! its `/metrics` the open sessions, the tasks alive on its runtime and the rooms, beside the latency percentiles of
+//! that interval.
 //!
 //! Invariants checked, and reported rather than assumed:
 //! - **no lost message**: every relayed candidate carries its sequence number; a receiver that sees a gap or a
@@ -316,6 +317,7 @@ pub async fn run(c: &SoakConfig) -> Result<Report, BenchError> {
             "fds": fds,
             "threads": threads,
             "sessions": gauge(&c.url, "switchboard_connections_open").await,
+            "tasks": gauge(&c.url, "switchboard_runtime_tasks").await,
             "rooms": gauge(&c.url, "switchboard_rooms").await,
             "flows": stats.flows.load(Relaxed),
             "relayed": stats.relay_received.load(Relaxed),

@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    // Read here rather than kept up to date: tokio counts its tasks itself, and one read per scrape costs nothing.
+    app.metrics.tasks.set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
     ([(header::CONTENT_TYPE, content_type)], app.metrics.render()).into_response()
 }
 

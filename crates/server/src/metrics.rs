@@ -45,6 +45,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     pub calls_pending: Gauge,
     pub calls_active: Gauge,
+    /// Tasks alive on the server's runtime (sessions, timers, drivers), set at each scrape.
+    pub tasks: Gauge,
     pub bytes_in: Counter<u64, AtomicU64>,
     pub bytes_out: Counter<u64, AtomicU64>,
     /// Relayed messages by method, indexed like [`METHODS`].
@@ -65,6 +67,7 @@ impl Metrics {
         let rooms = Gauge::default();
         let calls_pending = Gauge::default();
         let calls_active = Gauge::default();
+        let tasks = Gauge::default();
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let relayed_family = Family::<Labels, Counter>::default();
@@ -78,6 +81,7 @@ impl Metrics {
         registry.register("rooms", "Registered rooms", rooms.clone());
         registry.register("calls_pending", "Calls forwarded and not yet answered", calls_pending.clone());
         registry.register("calls_active", "Accepted calls not yet ended", calls_active.clone());
+        registry.register("runtime_tasks", "Tasks alive on the server's async runtime", tasks.clone());
         registry.register(
             "received_bytes",
             "Websocket bytes received from clients after the handshake",
@@ -102,6 +106,7 @@ impl Metrics {
             rooms,
             calls_pending,
             calls_active,
+            tasks,
             bytes_in,
             bytes_out,
             relayed,

@@ -93,6 +93,13 @@ async fn metrics_parse_and_move_after_a_scripted_call() {
     assert_eq!(sample(&text, "switchboard_relayed_messages_total", Some(("method", "candidate"))), 3.0);
     assert_eq!(sample(&text, "switchboard_rejects_total", Some(("code", "room_not_found"))), 1.0);
     assert_eq!(sample(&text, "switchboard_call_setup_seconds_count", None), 1.0);
+    // Each session is at least one task of its own.
+    let (idle_tasks, tasks) =
+        (sample(&before, "switchboard_runtime_tasks", None), sample(&text, "switchboard_runtime_tasks", None));
+    assert!(
+        idle_tasks >= 1.0 && tasks >= idle_tasks + 2.0,
+        "runtime tasks: {idle_tasks} idle, {tasks} with two sessions"
+    );
 
     drop(caller);
     assert_server_bye(&callee.recv().await, "g", "a", "peer unregister");
