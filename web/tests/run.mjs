@@ -125,7 +125,7 @@ let caseProcs = [];
  * @param {number} ms
  */
 function spawnLogged(label, args, ready, ms) {
-  const child = spawn(opts.switchboard, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SWITCHBOARD_LOG: "info" } });
+  const child = spawn(opts.switchboard, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SWITCHBOARD_LOG: process.env.SB_TEST_LOG ?? "info" } });
   return new Promise((resolve, reject) => {
     let settled = false;
     const timer = setTimeout(() => {
@@ -172,13 +172,14 @@ async function stopCaseProcs() {
 
 // ---- the server -------------------------------------------------------------------------------------------------
 
-/** @type {{child: import("node:child_process").ChildProcess, addr: string, turnAddr: string|null}|null} */
+/** @type {{child: import("node:child_process").ChildProcess, addr: string, turnAddr: string|null, tlsAddr: string|null, turnsAddr: string|null, spki: string|null}|null} */
 let server = null;
 
 /**
  * Starts `switchboard serve` on loopback and resolves once it logged its signaling address.
- * @param {{listen?: string, turnListen?: string, tls?: boolean}} [at] Fixed addresses (a restart on the same ports);
- *   default port 0. `tls`: also serve https/wss with a generated self-signed certificate (`--dev-tls`).
+ * @param {{listen?: string, turnListen?: string, tls?: boolean, turns?: boolean}} [at] Fixed addresses (a restart on
+ *   the same ports); default port 0. `tls`: also serve https/wss with a generated self-signed certificate
+ *   (`--dev-tls`); `turns`: and TURN over TLS with it.
  */
 async function startServer(at = {}) {
   const args = [
@@ -188,21 +189,26 @@ async function startServer(at = {}) {
     "--external-ip", opts.host,
     // Relayed test calls reach peers on this host, which the default peer policy denies (loopback, 10/8).
     "--turn-allow-peer", opts.host === "127.0.0.1" ? "127.0.0.0/8" : `${opts.host}/32`,
-    ...(at.tls ? ["--dev-tls", "--tls-listen", `${opts.host}:0`] : []),
+    ...(at.tls || at.turns ? ["--dev-tls", "--tls-listen", `${opts.host}:0`] : []),
+    ...(at.turns ? ["--turn-tls-listen", `${opts.host}:0`] : []),
   ];
   // The listeners log in this order: signaling ("signaling listening addr=…"), wss (with TLS), then TURN.
   let addr = null;
   let tlsAddr = null;
   let turnAddr = null;
+  let turnsAddr = null;
+  let spki = null;
   const seen = (line) => {
     const field = (re) => re.exec(line)?.[1] ?? null;
+    spki ??= field(/spki_sha256=(\S+)/);
     addr ??= field(/signaling listening.*?addr=(\S+)/);
     tlsAddr ??= field(/wss listening.*?addr=(\S+)/);
     turnAddr ??= field(/turn listening.*?addr=(\S+)/);
-    return addr && turnAddr && (tlsAddr || !at.tls) ? [line] : null;
+    turnsAddr ??= field(/turns listening.*?addr=(\S+)/);
+    return addr && turnAddr && (tlsAddr || !(at.tls || at.turns)) && (turnsAddr || !at.turns) ? [line] : null;
   };
   const { child } = await spawnLogged("server", args, { exec: seen }, 15_000);
-  return { child, addr, turnAddr, tlsAddr };
+  return { child, addr, turnAddr, tlsAddr, turnsAddr, spki };
 }
 
 /** Graceful shutdown (SIGTERM), then wait for the exit, bounded. */
@@ -254,14 +260,34 @@ let openPages = [];
 /**
  * Opens the demo page in a fresh browser context (a separate "person").
  * @param {string} label
- * @param {{relay?: boolean, width?: number, height?: number, https?: boolean}} [o] `https`: load the page from the
- *   TLS listener (self-signed, so certificate errors are ignored) and signal over wss.
+ * @param {{relay?: boolean, width?: number, height?: number, https?: boolean, onlyTurns?: boolean}} [o] `https`: load
+ *   the page from the TLS listener (self-signed, so certificate errors are ignored) and signal over wss. `onlyTurns`:
+ *   every peer connection keeps only the `turns:` entries of its ICE servers (kept, with the connections, in
+ *   `window.__iceUrls` and `window.__pcs`).
  */
 async function openDemo(label, o = {}) {
   const viewport = { width: o.width ?? 1280, height: o.height ?? 800 };
   const context = await browser.newContext({ viewport, ignoreHTTPSErrors: Boolean(o.https) });
   const page = await context.newPage();
   await watchPage(label, page);
+  if (o.onlyTurns) {
+    await page.addInitScript(() => {
+      const Native = window.RTCPeerConnection;
+      window.__pcs = [];
+      window.__iceUrls = [];
+      window.RTCPeerConnection = function (config = {}) {
+        const urls = (s) => (Array.isArray(s.urls) ? s.urls : [s.urls]);
+        const iceServers = (config.iceServers ?? [])
+          .map((s) => ({ ...s, urls: urls(s).filter((u) => u.startsWith("turns:")) }))
+          .filter((s) => s.urls.length > 0);
+        window.__iceUrls.push(...iceServers.flatMap((s) => s.urls));
+        const pc = new Native({ ...config, iceServers });
+        window.__pcs.push(pc);
+        return pc;
+      };
+      window.RTCPeerConnection.prototype = Native.prototype;
+    });
+  }
   const entry = { label, page, context, response: null };
   openPages.push(entry);
   entry.response = await page.goto(o.https ? `https://${server.tlsAddr}/` : `http://${server.addr}/`);
@@ -369,6 +395,33 @@ async function candidateTypes(p) {
   });
 }
 
+/** Relay-only publish and play whose only ICE server is `turns:`; both selected pairs are relayed over TLS. */
+async function turnsCall() {
+  const r = room("turns");
+  const pub = await openDemo("publisher", { relay: true, onlyTurns: true });
+  await publishFrom(pub, r);
+  const viewer = await openDemo("viewer", { relay: true, onlyTurns: true });
+  await playFrom(viewer, r);
+  await expectFramesRising(viewer);
+  const want = `turns:${server.turnsAddr}?transport=tcp`;
+  for (const p of [pub, viewer]) {
+    const seen = await p.page.evaluate(() => window.__iceUrls);
+    assert(seen.length > 0 && seen.every((u) => u === want), `[${p.label}] the only ICE server is ${want}, got ${JSON.stringify(seen)}`);
+    const relay = await p.page.evaluate(async () => {
+      for (const pc of window.__pcs) {
+        const stats = await pc.getStats();
+        for (const s of stats.values()) {
+          if (s.type !== "candidate-pair" || s.state !== "succeeded" || !s.nominated) continue;
+          const local = stats.get(s.localCandidateId);
+          if (local) return { type: local.candidateType, protocol: local.relayProtocol };
+        }
+      }
+      return null;
+    });
+    assert(relay?.type === "relay" && relay.protocol === "tls", `[${p.label}] the selected pair is relayed over TLS, got ${JSON.stringify(relay)}`);
+  }
+}
+
 async function waitViewers(p, n) {
   await p.page.waitForFunction((n) => document.getElementById("viewer-badge").dataset.count === String(n), n, { polling: 200 });
 }
@@ -466,6 +519,31 @@ const cases = [
       assert(types.local === "relay" && types.remote === "relay", `selected pair is relay → relay, got ${JSON.stringify(types)}`);
       const path = await viewer.page.textContent("#stat-path");
       assert(path === "relay → relay", `the page shows the relay path, got ${path}`);
+    },
+  },
+  {
+    name: "turns-relay-only",
+    about: "relay only, the pages' only ICE server the built-in server's turns: (TURN over TLS); frames rise over a TLS relay",
+    async run() {
+      await stopServer();
+      server = await startServer({ turns: true });
+      assert(server.spki, "the server logs its development certificate's spki_sha256");
+      // Chromium checks a turns: server's certificate as it checks a web server's: this browser trusts exactly this one.
+      const suiteBrowser = browser;
+      browser = await chromium.launch({
+        executablePath: opts.chromium,
+        headless: true,
+        args: [...CHROMIUM_FLAGS, `--ignore-certificate-errors-spki-list=${server.spki}`],
+        timeout: 30_000,
+      });
+      try {
+        await turnsCall();
+      } finally {
+        await closePages();
+        await browser.close();
+        browser = suiteBrowser;
+        await stopServer();
+      }
     },
   },
   {

@@ -24,6 +24,16 @@ pub struct ServeArgs {
     /// STUN/TURN listen address, UDP and TCP (default 0.0.0.0:3478); port 0 picks one.
     #[arg(long, env = "SWITCHBOARD_TURN_LISTEN")]
     turn_listen: Option<SocketAddr>,
+    /// TURN-over-TLS (`turns:`) listen address, with the wss certificate; without a value 0.0.0.0:5349 (443 works
+    /// through networks that allow nothing else). Off unless given.
+    #[arg(long, env = "SWITCHBOARD_TURN_TLS_LISTEN", num_args = 0..=1, default_missing_value = "0.0.0.0:5349")]
+    turn_tls_listen: Option<SocketAddr>,
+    /// Advertised `turns:` port (default: the bound TLS port).
+    #[arg(long, env = "SWITCHBOARD_TURN_TLS_PORT")]
+    turn_tls_port: Option<u16>,
+    /// Host name `turns:` URLs carry, one the certificate covers (default: each external IP).
+    #[arg(long, env = "SWITCHBOARD_TURN_TLS_HOST")]
+    turn_tls_host: Option<String>,
     /// Advertised STUN/TURN port (default: the bound port).
     #[arg(long, env = "SWITCHBOARD_TURN_PORT")]
     turn_port: Option<u16>,
@@ -116,6 +126,15 @@ impl ServeArgs {
         set(&mut t.listen, self.turn_listen);
         if self.turn_port.is_some() {
             t.port = self.turn_port;
+        }
+        if self.turn_tls_listen.is_some() {
+            t.tls_listen = self.turn_tls_listen;
+        }
+        if self.turn_tls_port.is_some() {
+            t.tls_port = self.turn_tls_port;
+        }
+        if self.turn_tls_host.is_some() {
+            t.tls_host = self.turn_tls_host;
         }
         if let Some(mode) = self.turn_credentials {
             t.credentials = if mode == "static" { CredentialMode::Static } else { CredentialMode::Ephemeral };

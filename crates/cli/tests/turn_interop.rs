@@ -51,11 +51,24 @@ struct Server {
     log: Arc<Mutex<Vec<String>>>,
     turn: SocketAddr,
     signaling: SocketAddr,
+    /// The `turns:` listener, when started with one.
+    turns: Option<SocketAddr>,
 }
 
 impl Server {
     /// Starts the binary on free ports and waits until it has logged both listening addresses.
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Also serves TURN over TLS (`turns:`) with a generated certificate.
+    fn start_with_turns() -> Server {
+        let s = Server::start_with(&["--dev-tls", "--tls-listen", "127.0.0.1:0", "--turn-tls-listen", "127.0.0.1:0"]);
+        assert!(s.turns.is_some(), "no `turns listening` line; log:\n{}", s.log_tail());
+        s
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
         // A developer's SWITCHBOARD_* settings must not leak in.
         for (key, _) in std::env::vars_os() {
@@ -65,6 +78,7 @@ impl Server {
         }
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
             .args(["--external-ip", "127.0.0.1", "--turn-allow-peer", "127.0.0.0/8"])
+            .args(extra)
             .env("SWITCHBOARD_LOG", "info")
             .env("SWITCHBOARD_LOG_FORMAT", "text")
             .stdin(Stdio::null())
@@ -86,11 +100,13 @@ impl Server {
         });
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let (mut signaling, mut turn) = (None, None);
-        while signaling.is_none() || turn.is_none() {
+        let (mut signaling, mut turn, mut turns) = (None, None, None);
+        let want_turns = extra.contains(&"--turn-tls-listen");
+        while signaling.is_none() || turn.is_none() || (want_turns && turns.is_none()) {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains("signaling listening") => signaling = Some(addr_field(&line)),
                 Ok(line) if line.contains("turn listening") => turn = Some(addr_field(&line)),
+                Ok(line) if line.contains("turns listening") => turns = Some(addr_field(&line)),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
@@ -112,7 +128,7 @@ impl Server {
         let (signaling, turn) = (signaling.unwrap(), turn.unwrap());
         assert_eq!(turn.ip(), LOCALHOST, "TURN bound elsewhere than asked");
         assert_ne!(turn.port(), 0);
-        Server { child, log, turn, signaling }
+        Server { child, log, turn, signaling, turns }
     }
 
     /// The last lines of the server log, for failure messages.
@@ -223,11 +239,15 @@ struct Credentials {
 /// Starts a server, registers in room `interop` and checks that the accept advertises this TURN listener with an
 /// ephemeral credential `<expiry>:interop`.
 fn start_and_register() -> (Server, Registration, Credentials) {
-    let server = Server::start();
+    registered_on(Server::start())
+}
+
+fn registered_on(server: Server) -> (Server, Registration, Credentials) {
     let reg = register(server.signaling, ROOM);
     let accept = &reg.accept;
     assert_eq!(accept["class"], "accept", "register was not accepted: {accept}");
-    let ice = &accept["ice_servers"][0];
+    let entries = accept["ice_servers"].as_array().map_or(0, Vec::len);
+    let ice = &accept["ice_servers"][entries.saturating_sub(1)];
     let expected_url = format!("turn:127.0.0.1:{}?transport=udp", server.turn.port());
     assert_eq!(ice["url"].as_str(), Some(expected_url.as_str()), "ice_servers[0] of {accept}");
     let username = ice["ufrag"].as_str().unwrap_or_else(|| panic!("no ufrag in {ice}")).to_owned();
@@ -446,6 +466,23 @@ fn uclient_udp_client_to_client_relays_every_packet() {
 fn uclient_tcp_client_to_client_relays_every_packet() {
     let (server, _reg, creds) = start_and_register();
     let run = uclient(&server, &creds.username, &creds.password, &["-t", "-y", "-m", "1", "-n", "10", "-l", "100"]);
+    assert_relayed_everything(&server, &run, 40);
+}
+
+/// TURN over TLS: the register accept lists `turns:` first (the last entry stays UDP), and uclient over TLS (`-t -S`,
+/// client to client, 101-byte payloads so that ChannelData padding is exercised) relays every packet.
+#[test]
+fn uclient_tls_client_to_client_relays_every_packet() {
+    let (mut server, reg, creds) = registered_on(Server::start_with_turns());
+    let turns = server.turns.unwrap();
+    let first = &reg.accept["ice_servers"][0];
+    let expected = format!("turns:127.0.0.1:{}?transport=tcp", turns.port());
+    assert_eq!(first["url"].as_str(), Some(expected.as_str()), "ice_servers of {}", reg.accept);
+    assert_eq!(first["ufrag"].as_str(), Some(creds.username.as_str()), "one credential for every transport");
+    // uclient takes its port from the server handle: point it at the TLS listener.
+    server.turn = turns;
+    let run =
+        uclient(&server, &creds.username, &creds.password, &["-t", "-S", "-y", "-m", "1", "-n", "10", "-l", "101"]);
     assert_relayed_everything(&server, &run, 40);
 }
 

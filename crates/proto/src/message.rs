@@ -45,6 +45,8 @@ pub enum Body<'a> {
     Candidate { guest_id: Cow<'a, str>, room_id: Cow<'a, str> },
     /// `indication/bye`, either direction.
     Bye { guest_id: Cow<'a, str>, room_id: Cow<'a, str> },
+    /// `request/ice_servers`: fresh credentials for the session's registration (SPEC.md §4.6).
+    IceServers,
 }
 
 impl Body<'_> {
@@ -56,6 +58,7 @@ impl Body<'_> {
             Body::Call { .. } | Body::Answer { .. } => "call",
             Body::Candidate { .. } => "candidate",
             Body::Bye { .. } => "bye",
+            Body::IceServers => "ice_servers",
         }
     }
 
@@ -63,6 +66,7 @@ impl Body<'_> {
     pub fn room_id(&self) -> Option<&str> {
         match self {
             Body::Register { room_id } => room_id.as_deref(),
+            Body::IceServers => None,
             Body::Unregister { room_id }
             | Body::Call { room_id, .. }
             | Body::Answer { room_id, .. }
@@ -74,7 +78,7 @@ impl Body<'_> {
     /// The `guest_id` the message names, if any.
     pub fn guest_id(&self) -> Option<&str> {
         match self {
-            Body::Register { .. } | Body::Unregister { .. } => None,
+            Body::Register { .. } | Body::Unregister { .. } | Body::IceServers => None,
             Body::Call { guest_id, .. }
             | Body::Answer { guest_id, .. }
             | Body::Candidate { guest_id, .. }
@@ -132,6 +136,7 @@ enum Kind {
     Answer { accepted: bool },
     Candidate,
     Bye,
+    IceServers,
 }
 
 impl Kind {
@@ -144,6 +149,7 @@ impl Kind {
             ("reject", "call") => Kind::Answer { accepted: false },
             ("indication", "candidate") => Kind::Candidate,
             ("indication", "bye") => Kind::Bye,
+            ("request", "ice_servers") => Kind::IceServers,
             _ => return None,
         })
     }
@@ -186,7 +192,7 @@ fn validate(frame: Frame<'_>) -> Result<Message<'_>, Reject<'_>> {
         presence_check("reason", frame.reason),
     ];
     let required: &[&str] = match kind {
-        None | Some(Kind::Register) => &[],
+        None | Some(Kind::Register | Kind::IceServers) => &[],
         Some(Kind::Unregister) => &["room_id"],
         Some(Kind::Call) => &["guest_id", "room_id", "type", "vhost", "app", "stream", "sdp"],
         Some(Kind::Answer { .. } | Kind::Bye) => &["guest_id", "room_id"],
@@ -228,6 +234,7 @@ fn validate(frame: Frame<'_>) -> Result<Message<'_>, Reject<'_>> {
     let transaction_id = into_cow(transaction_id).unwrap_or_default();
     let body = match (kind, into_cow(room_id), into_cow(guest_id)) {
         (Kind::Register, room_id, _) => Body::Register { room_id },
+        (Kind::IceServers, _, _) => Body::IceServers,
         (Kind::Unregister, Some(room_id), _) => Body::Unregister { room_id },
         (Kind::Call, Some(room_id), Some(guest_id)) => {
             Body::Call { guest_id, room_id, call_type: call_type.unwrap_or(CallType::Play) }

@@ -1,4 +1,4 @@
-//! Messages the server builds itself: rejects, register/unregister accepts and byes.
+//! Messages the server builds itself: rejects, register/unregister/ice_servers accepts and byes.
 //!
 //! They are serialised compactly. Relayed messages never pass through here: the server forwards their original text.
 
@@ -90,7 +90,7 @@ pub struct IceServer {
     pub pwd: String,
 }
 
-/// `accept/register`.
+/// `accept/register`, or `accept/ice_servers` (SPEC.md §4.6), which has the same shape.
 #[derive(Debug, Serialize)]
 pub struct RegisterAccept<'a> {
     class: &'static str,
@@ -98,11 +98,25 @@ pub struct RegisterAccept<'a> {
     pub transaction_id: &'a str,
     pub room_id: &'a str,
     pub ice_servers: &'a [IceServer],
+    /// Unix time at which ephemeral credentials stop working; absent for static ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ice_servers_expire: Option<u64>,
 }
 
 impl<'a> RegisterAccept<'a> {
-    pub fn new(transaction_id: &'a str, room_id: &'a str, ice_servers: &'a [IceServer]) -> Self {
-        RegisterAccept { class: "accept", method: "register", transaction_id, room_id, ice_servers }
+    pub fn new(transaction_id: &'a str, room_id: &'a str, ice_servers: &'a [IceServer], expire: Option<u64>) -> Self {
+        let method = "register";
+        RegisterAccept { class: "accept", method, transaction_id, room_id, ice_servers, ice_servers_expire: expire }
+    }
+
+    /// The accept of an `ice_servers` request.
+    pub fn refreshed(
+        transaction_id: &'a str,
+        room_id: &'a str,
+        ice_servers: &'a [IceServer],
+        expire: Option<u64>,
+    ) -> Self {
+        RegisterAccept { method: "ice_servers", ..RegisterAccept::new(transaction_id, room_id, ice_servers, expire) }
     }
 
     /// The wire text.

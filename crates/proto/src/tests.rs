@@ -42,6 +42,7 @@ fn parses_every_method() {
             json!({"class":"request","method":"unregister","transaction_id":"t","room_id":"r"}),
             Body::Unregister { room_id: "r".into() },
         ),
+        (json!({"class":"request","method":"ice_servers","transaction_id":"t"}), Body::IceServers),
         (call(), Body::Call { guest_id: "g1".into(), room_id: "r1".into(), call_type: CallType::Play }),
         (
             json!({"class":"accept","method":"call","transaction_id":"t","guest_id":"g","room_id":"r","sdp":"x"}),
@@ -243,11 +244,18 @@ fn rejects_echo_call_details_like_zlmediakit() {
 #[test]
 fn server_messages_have_the_documented_shape() {
     let servers = [IceServer { url: "turn:1.2.3.4:3478?transport=udp".into(), ufrag: "u".into(), pwd: "p".into() }];
-    let v: Value = serde_json::from_str(&RegisterAccept::new("t", "r", &servers).to_json()).unwrap();
+    let v: Value = serde_json::from_str(&RegisterAccept::new("t", "r", &servers, None).to_json()).unwrap();
     assert_eq!(
         v,
         json!({"class":"accept","method":"register","transaction_id":"t","room_id":"r",
                "ice_servers":[{"url":"turn:1.2.3.4:3478?transport=udp","ufrag":"u","pwd":"p"}]})
+    );
+    let v: Value = serde_json::from_str(&RegisterAccept::refreshed("t", "r", &servers, Some(7)).to_json()).unwrap();
+    assert_eq!(
+        v,
+        json!({"class":"accept","method":"ice_servers","transaction_id":"t","room_id":"r",
+               "ice_servers":[{"url":"turn:1.2.3.4:3478?transport=udp","ufrag":"u","pwd":"p"}],
+               "ice_servers_expire":7})
     );
     let v: Value = serde_json::from_str(&UnregisterAccept::new("t", "r").to_json()).unwrap();
     assert_eq!(v, json!({"class":"accept","method":"unregister","transaction_id":"t","room_id":"r"}));

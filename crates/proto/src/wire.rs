@@ -42,6 +42,9 @@ pub struct Envelope {
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ice_servers: Option<Vec<IceServer>>,
+    /// When the credentials of `ice_servers` expire, unix seconds (SPEC.md §4.6; absent from ZLMediaKit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_servers_expire: Option<u64>,
 }
 
 impl Envelope {

@@ -188,6 +188,14 @@ pub struct TurnConfig {
     pub external_ips: Vec<IpAddr>,
     /// The advertised STUN/TURN port; default: the bound listen port.
     pub port: Option<u16>,
+    /// TURN-over-TLS (`turns:`) listen address, e.g. `0.0.0.0:5349` (or `:443` for networks that allow nothing
+    /// else); absent: off. Uses the wss certificate (`tls.cert`/`tls.key` or `tls.dev-self-signed`).
+    pub tls_listen: Option<SocketAddr>,
+    /// The advertised `turns:` port; default: the bound TLS port.
+    pub tls_port: Option<u16>,
+    /// The host `turns:` URLs name, which the certificate must cover (e.g. `turn.example.com`); default: each
+    /// external IP.
+    pub tls_host: Option<String>,
     /// The long-term credential realm.
     pub realm: String,
     /// Which credential each register accept carries.
@@ -257,6 +265,9 @@ impl Default for TurnConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
             external_ips: Vec::new(),
             port: None,
+            tls_listen: None,
+            tls_port: None,
+            tls_host: None,
             realm: "switchboard".into(),
             credentials: CredentialMode::Ephemeral,
             secret: String::new(),
@@ -352,6 +363,20 @@ impl Config {
         }
         if t.bandwidth == Some(0) {
             return invalid("turn.bandwidth", "must be positive (omit it for no cap)");
+        }
+        if t.tls_listen.is_some() {
+            if !t.enabled {
+                return invalid("turn.tls-listen", "needs turn.enabled (browsers have no STUN over TLS)");
+            }
+            if self.tls.cert.is_none() && !self.tls.dev_self_signed {
+                return invalid("turn.tls-listen", "needs a certificate: tls.cert and tls.key, or tls.dev-self-signed");
+            }
+        }
+        if t.tls_port == Some(0) {
+            return invalid("turn.tls-port", "must not be 0");
+        }
+        if t.tls_host.as_deref().is_some_and(|h| h.is_empty() || h.contains(['/', '?', ' ', '@'])) {
+            return invalid("turn.tls-host", "must be a host name or IP address");
         }
         if self.turn.credentials == CredentialMode::Static && self.turn.static_username.is_empty() {
             return invalid("turn.static-username", "must not be empty in static mode");

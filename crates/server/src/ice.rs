@@ -1,7 +1,9 @@
 //! The `ice_servers` of a register accept (SPEC.md §4.1).
 //!
-//! The built-in server comes first, one URL per advertised external address, then the configured external servers.
-//! ZLMediaKit's room keeper keeps only the *last* entry, which operators adding external servers should know.
+//! The built-in server comes first: its `turns:` URLs when TURN over TLS is on, then one UDP URL per advertised
+//! external address; then the configured external servers. ZLMediaKit's room keeper keeps only the *last* entry, so
+//! the TLS entries go first and the last built-in entry stays a UDP one (operators adding external servers should know
+//! that the last of those is what a keeper uses).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -41,11 +43,24 @@ impl std::fmt::Debug for Credential {
 }
 
 impl IceServers {
-    /// `ips` are the advertised addresses of the built-in server, `port` its advertised port; `turn_credentials`
-    /// is what the TURN server checks (the same secret or password).
-    pub fn new(config: &Config, ips: &[IpAddr], port: u16, turn_credentials: &Credentials) -> IceServers {
+    /// `ips` are the advertised addresses of the built-in server, `port` its advertised port, `tls_port` the
+    /// advertised `turns:` port when TURN over TLS is on; `turn_credentials` is what the TURN server checks (the same
+    /// secret or password).
+    pub fn new(
+        config: &Config,
+        ips: &[IpAddr],
+        port: u16,
+        tls_port: Option<u16>,
+        turn_credentials: &Credentials,
+    ) -> IceServers {
         let scheme = if config.turn.enabled { "turn" } else { "stun" };
-        let builtin_urls = ips.iter().map(|ip| format!("{scheme}:{}?transport=udp", host(*ip, port))).collect();
+        let turns: Vec<String> = match (tls_port, &config.turn.tls_host) {
+            (None, _) => Vec::new(),
+            (Some(p), Some(name)) => vec![format!("turns:{name}:{p}?transport=tcp")],
+            (Some(p), None) => ips.iter().map(|ip| format!("turns:{}?transport=tcp", host(*ip, p))).collect(),
+        };
+        let udp = ips.iter().map(|ip| format!("{scheme}:{}?transport=udp", host(*ip, port)));
+        let builtin_urls = turns.into_iter().chain(udp).collect();
         let credential = match turn_credentials {
             Credentials::Static { username, password } => {
                 Credential::Static { username: username.clone(), password: password.clone() }
@@ -55,6 +70,15 @@ impl IceServers {
             }
         };
         IceServers { builtin_urls, credential, external: config.ice_servers.clone() }
+    }
+
+    /// When credentials handed out at `unix_now` expire (`ice_servers_expire`, SPEC.md §4.6); `None` for static
+    /// ones, which never do.
+    pub fn expiry(&self, unix_now: u64) -> Option<u64> {
+        match &self.credential {
+            Credential::Static { .. } => None,
+            Credential::Ephemeral { ttl, .. } => Some(unix_now + ttl.as_secs()),
+        }
     }
 
     /// The `ice_servers` for a registration of `room_id` at `unix_now`.
@@ -131,7 +155,7 @@ mod tests {
         let (creds, generated) = turn_credentials(&c);
         assert!(generated.is_none());
         let ips = ["203.0.113.7".parse().unwrap(), "2001:db8::1".parse().unwrap()];
-        let ice = IceServers::new(&c, &ips, 3478, &creds);
+        let ice = IceServers::new(&c, &ips, 3478, None, &creds);
         let list = ice.for_room("r", 0);
         let urls: Vec<_> = list.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(
@@ -143,6 +167,39 @@ mod tests {
             ]
         );
         assert_eq!((list[0].ufrag.as_str(), list[0].pwd.as_str()), ("switchboard", "secret"));
+        assert_eq!(ice.expiry(0), None, "static credentials never expire");
+    }
+
+    #[test]
+    fn turns_entries_come_first_so_that_the_last_entry_stays_udp() {
+        let mut c = Config::default();
+        c.turn.secret = "s".into();
+        let (creds, _) = turn_credentials(&c);
+        let ips = ["203.0.113.7".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let urls = |c: &Config| -> Vec<String> {
+            let ice = IceServers::new(c, &ips, 3478, Some(5349), &creds);
+            let list = ice.for_room("r", 0);
+            assert!(list.windows(2).all(|w| (&w[0].ufrag, &w[0].pwd) == (&w[1].ufrag, &w[1].pwd)), "one credential");
+            list.into_iter().map(|s| s.url).collect()
+        };
+        assert_eq!(
+            urls(&c),
+            [
+                "turns:203.0.113.7:5349?transport=tcp",
+                "turns:[2001:db8::1]:5349?transport=tcp",
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:[2001:db8::1]:3478?transport=udp",
+            ]
+        );
+        c.turn.tls_host = Some("turn.example.com".into());
+        assert_eq!(
+            urls(&c),
+            [
+                "turns:turn.example.com:5349?transport=tcp",
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:[2001:db8::1]:3478?transport=udp",
+            ]
+        );
     }
 
     #[test]
@@ -152,10 +209,11 @@ mod tests {
         c.turn.enabled = false;
         let (creds, generated) = turn_credentials(&c);
         assert!(generated.is_none());
-        let ice = IceServers::new(&c, &["10.0.0.1".parse().unwrap()], 5349, &creds);
+        let ice = IceServers::new(&c, &["10.0.0.1".parse().unwrap()], 5349, None, &creds);
         let list = ice.for_room("room_1", 1_000);
         assert_eq!(list[0].url, "stun:10.0.0.1:5349?transport=udp");
         assert_eq!(list[0].ufrag, format!("{}:room_1", 1_000 + 12 * 3600));
+        assert_eq!(ice.expiry(1_000), Some(1_000 + 12 * 3600), "the expiry hint is the username's expiry");
         assert_eq!(list[0].pwd, ephemeral_password(b"s", &list[0].ufrag));
         assert!(creds.key(&list[0].ufrag, "switchboard", 1_000).is_some(), "the TURN server accepts what we hand out");
     }

@@ -52,6 +52,12 @@ enum Backing {
     Memory(MemoryBackbone),
 }
 
+/// Whether the built-in STUN/TURN server runs, and the certificate of its `turns:` listener.
+enum BuiltInTurn {
+    Off,
+    On { certificate: Option<Arc<rustls::ServerConfig>> },
+}
+
 /// Where connections come from.
 enum Listening {
     Tcp(TcpListener),
@@ -82,8 +88,14 @@ impl Server {
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
         info!(addr = %local_addr, "signaling listening");
-        let tls = bind_tls(&config).await?;
-        let mut server = Server::new(config, Listening::Tcp(listener), local_addr, true, Backing::FromConfig).await?;
+        let certificate = tls_server_config(&config)?;
+        let tls = match &certificate {
+            Some(c) => Some(bind_tls(&config, c.clone()).await?),
+            None => None,
+        };
+        let listening = Listening::Tcp(listener);
+        let turn = BuiltInTurn::On { certificate };
+        let mut server = Server::new(config, listening, local_addr, turn, Backing::FromConfig).await?;
         server.tls = tls;
         Ok(server)
     }
@@ -95,7 +107,7 @@ impl Server {
         let addr = config.signaling.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-        Server::new(config, Listening::Tcp(listener), local_addr, false, Backing::Memory(backbone)).await
+        Server::new(config, Listening::Tcp(listener), local_addr, BuiltInTurn::Off, Backing::Memory(backbone)).await
     }
 
     /// The bound wss/https address, when TLS is on.
@@ -109,7 +121,10 @@ impl Server {
         config.validate()?;
         let (listener, connector) = memnet::pair();
         let local = SocketAddr::from(([0, 0, 0, 0], 0));
-        Ok((Server::new(config, Listening::Memory(listener), local, false, Backing::FromConfig).await?, connector))
+        Ok((
+            Server::new(config, Listening::Memory(listener), local, BuiltInTurn::Off, Backing::FromConfig).await?,
+            connector,
+        ))
     }
 
     /// Like [`Server::in_memory`], as a node of the in-process cluster `backbone` belongs to.
@@ -121,14 +136,14 @@ impl Server {
         let (listener, connector) = memnet::pair();
         let local = SocketAddr::from(([0, 0, 0, 0], 0));
         let backing = Backing::Memory(backbone);
-        Ok((Server::new(config, Listening::Memory(listener), local, false, backing).await?, connector))
+        Ok((Server::new(config, Listening::Memory(listener), local, BuiltInTurn::Off, backing).await?, connector))
     }
 
     async fn new(
         config: Config,
         listener: Listening,
         local_addr: SocketAddr,
-        with_turn: bool,
+        turn: BuiltInTurn,
         backing: Backing,
     ) -> Result<Server, ServerError> {
         let external_ips = match config.turn.external_ips.as_slice() {
@@ -143,15 +158,18 @@ impl Server {
         }
         let shutdown = CancellationToken::new();
         let turn_tasks = TaskTracker::new();
-        let turn = if with_turn {
-            let engine = engine_config(&config.turn, credentials.clone(), relay_ip);
-            Some(TurnServer::start(&config.turn, engine, relay_ip, turn_tasks.clone(), shutdown.clone()).await?)
-        } else {
-            None
+        let turn = match turn {
+            BuiltInTurn::On { certificate } => {
+                let engine = engine_config(&config.turn, credentials.clone(), relay_ip);
+                let (tasks, stop) = (turn_tasks.clone(), shutdown.clone());
+                Some(TurnServer::start(&config.turn, engine, relay_ip, certificate, tasks, stop).await?)
+            }
+            BuiltInTurn::Off => None,
         };
         let port =
             config.turn.port.or(turn.as_ref().map(|t| t.local_addr().port())).unwrap_or(config.turn.listen.port());
-        let ice = IceServers::new(&config, &external_ips, port, &credentials);
+        let tls_port = turn.as_ref().and_then(TurnServer::tls_addr).map(|a| config.turn.tls_port.unwrap_or(a.port()));
+        let ice = IceServers::new(&config, &external_ips, port, tls_port, &credentials);
         let mut metrics = Metrics::new();
         if let Some(t) = &turn {
             metrics.register_turn(t.clone());
@@ -305,24 +323,33 @@ fn make_hub(
     Ok((Arc::new(hub), metrics))
 }
 
-/// Binds the TLS listener when TLS is configured (certificate files, or a generated self-signed one).
-async fn bind_tls(config: &Config) -> Result<Option<TlsListener>, ServerError> {
+/// The certificate when TLS is configured (PEM files, or a generated self-signed one); wss and `turns:` share it.
+fn tls_server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
     let t = &config.tls;
-    let server_config = match (&t.cert, &t.key) {
+    Ok(Some(match (&t.cert, &t.key) {
         (Some(cert), Some(key)) => tls::from_pem_files(cert, key)?,
         _ if t.dev_self_signed => {
-            let (c, _pem) = tls::self_signed(&config.turn.external_ips)?;
-            warn!("serving a self-signed development certificate: browsers will warn; do not use in production");
-            c
+            let dev = tls::self_signed(&config.turn.external_ips, config.turn.tls_host.as_deref())?;
+            warn!(
+                spki_sha256 = %dev.spki_sha256,
+                "serving a self-signed development certificate: browsers will warn (Chromium trusts it with \
+                 --ignore-certificate-errors-spki-list=<spki_sha256>); do not use in production"
+            );
+            dev.config
         }
         _ => return Ok(None),
-    };
+    }))
+}
+
+/// Binds the wss/https listener.
+async fn bind_tls(config: &Config, server_config: Arc<rustls::ServerConfig>) -> Result<TlsListener, ServerError> {
+    let t = &config.tls;
     let addr = t.listen;
     let tcp = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let listener = TlsListener::new(tcp, server_config, config.signaling.send_buffer)
         .map_err(|source| ServerError::Bind { addr, source })?;
     info!(addr = %axum::serve::Listener::local_addr(&listener).unwrap_or(addr), "wss listening");
-    Ok(Some(listener))
+    Ok(listener)
 }
 
 /// Serves HTTP and websocket upgrades on `listener` until `stop` completes.

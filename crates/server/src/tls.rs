@@ -1,4 +1,5 @@
-//! The TLS listener: wss signaling and https for the same routes, via rustls (ring provider).
+//! The TLS listener: wss signaling and https for the same routes, via rustls (ring provider). The `turns:` listener
+//! (crate::turn) uses the same certificate.
 //!
 //! Handshakes run in their own tasks with a deadline, so a slow or silent client never holds up others; only
 //! finished handshakes reach the HTTP server. The certificate comes from PEM files, or is generated self-signed for
@@ -44,14 +45,30 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsE
     server_config(certs, key)
 }
 
-/// A self-signed certificate for `localhost`, 127.0.0.1 and `ips`; returns the config and the certificate PEM.
-pub fn self_signed(ips: &[IpAddr]) -> Result<(Arc<ServerConfig>, String), TlsError> {
+/// A self-signed development certificate.
+pub struct SelfSigned {
+    pub config: Arc<ServerConfig>,
+    /// The certificate, PEM.
+    pub pem: String,
+    /// base64(SHA-256(SubjectPublicKeyInfo)): what Chromium's `--ignore-certificate-errors-spki-list` takes to trust
+    /// this one certificate (wss and `turns:` both) without turning certificate checks off.
+    pub spki_sha256: String,
+}
+
+/// A self-signed certificate for `localhost`, 127.0.0.1, `ips` and `host`.
+pub fn self_signed(ips: &[IpAddr], host: Option<&str>) -> Result<SelfSigned, TlsError> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     names.extend(ips.iter().map(IpAddr::to_string));
+    names.extend(host.map(str::to_owned));
     let cert = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Config(e.to_string()))?;
     let pem = cert.cert.pem();
+    let spki_sha256 = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(cert.key_pair.public_key_der()))
+    };
     let key = PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    Ok((server_config(vec![cert.cert.der().clone()], key)?, pem))
+    Ok(SelfSigned { config: server_config(vec![cert.cert.der().clone()], key)?, pem, spki_sha256 })
 }
 
 fn server_config(

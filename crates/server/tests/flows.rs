@@ -342,3 +342,53 @@ async fn upgrade_on_any_path_is_a_signaling_connection() {
         assert_eq!(r["class"], "accept", "{path}");
     }
 }
+
+/// SPEC.md §4.6: a registered session gets fresh credentials for its room without giving it up; the expiry hint is
+/// the credential's own expiry; a session without a room is refused; on a cluster node it works the same.
+#[tokio::test]
+async fn ice_servers_requests_hand_out_fresh_credentials_with_their_expiry() {
+    let ephemeral = |c: &mut switchboard_server::Config| {
+        c.turn.credentials = switchboard_server::config::CredentialMode::Ephemeral;
+        c.turn.secret = "s".into();
+        c.turn.credential_ttl = std::time::Duration::from_secs(60);
+    };
+    let single = TestServer::start_with(ephemeral).await;
+    let world = switchboard_server::cluster::MemoryWorld::new(CLUSTER_NODE_TIMEOUT);
+    let node = TestServer::in_cluster(world.node("n1"), ephemeral).await;
+    for server in [&single, &node] {
+        let mut a = server.client().await;
+        let early = a.request(json!({"class":"request","method":"ice_servers","transaction_id":"t0"})).await;
+        assert_reject(&early, "not_registered");
+        assert_eq!(early["method"], "ice_servers", "{early}");
+
+        let accept = a.request(json!({"class":"request","method":"register","room_id":"keeper"})).await;
+        let first = accept["ice_servers_expire"].as_u64().unwrap_or_else(|| panic!("no expiry hint: {accept}"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!((now + 59..=now + 61).contains(&first), "expiry {first}, now {now}, ttl 60 s");
+        assert_eq!(accept["ice_servers"][0]["ufrag"], format!("{first}:keeper"));
+
+        // Polled until the clock has moved on a second, so that the credential must differ.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let fresh = loop {
+            let v = a.request(json!({"class":"request","method":"ice_servers","transaction_id":"r"})).await;
+            assert_eq!(
+                (&v["class"], &v["method"], &v["transaction_id"], &v["room_id"]),
+                (&json!("accept"), &json!("ice_servers"), &json!("r"), &json!("keeper")),
+                "{v}"
+            );
+            if v["ice_servers_expire"].as_u64() > Some(first) {
+                break v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the expiry never moved on: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let expire = fresh["ice_servers_expire"].as_u64().unwrap();
+        assert_eq!(fresh["ice_servers"][0]["ufrag"], format!("{expire}:keeper"));
+        assert_ne!(fresh["ice_servers"][0]["pwd"], accept["ice_servers"][0]["pwd"]);
+        assert_eq!(fresh["ice_servers"].as_array().unwrap().len(), accept["ice_servers"].as_array().unwrap().len());
+        // The room is still held: a caller reaches it.
+        let mut b = server.registered("caller").await;
+        b.send(call("T", "g", "keeper")).await;
+        assert_eq!(a.recv().await["method"], "call");
+    }
+}

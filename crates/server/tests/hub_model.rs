@@ -231,7 +231,7 @@ impl World {
     fn settings() -> HubSettings {
         let config = Config::default();
         let (credentials, _) = turn_credentials(&config);
-        let ice = IceServers::new(&config, &["192.0.2.1".parse().unwrap()], 3478, &credentials);
+        let ice = IceServers::new(&config, &["192.0.2.1".parse().unwrap()], 3478, None, &credentials);
         HubSettings { ice, call_timeout: CALL_TIMEOUT, call_limits: LIMITS }
     }
 

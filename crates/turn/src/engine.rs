@@ -29,9 +29,18 @@ use crate::stun::{attr, method, Builder, Class, Integrity, Message};
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (`turns:`, RFC 8656 §3.1): framed as TCP once decrypted.
+    Tls,
 }
 
-/// A client: its transport and source address (one TCP connection = one client).
+impl Transport {
+    /// A byte stream, where ChannelData is padded to four bytes (RFC 8656 §12.5).
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+}
+
+/// A client: its transport and source address (one TCP or TLS connection = one client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Client {
     pub transport: Transport,
@@ -342,13 +351,12 @@ impl Engine {
                 buf[0..2].copy_from_slice(&ch.to_be_bytes());
                 buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
                 // Over TCP, ChannelData is padded to a multiple of four bytes (RFC 8656 §12.5).
-                let end = match client.transport {
-                    Transport::Tcp => {
-                        let padded = CHANNEL_HEADROOM + ((len + 3) & !3);
-                        buf[payload_end..padded].fill(0);
-                        padded
-                    }
-                    Transport::Udp => payload_end,
+                let end = if client.transport.is_stream() {
+                    let padded = CHANNEL_HEADROOM + ((len + 3) & !3);
+                    buf[payload_end..padded].fill(0);
+                    padded
+                } else {
+                    payload_end
                 };
                 Some(Transmit::ToClient { to: client, data: Cow::Borrowed(&buf[..end]) })
             }

@@ -320,8 +320,8 @@ fn allocate_permission_send_and_data_indication() {
 }
 
 #[test]
-fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
-    for transport in [Transport::Udp, Transport::Tcp] {
+fn channels_carry_data_both_ways_and_streams_pad_to_four_bytes() {
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
         let mut w = World::new(|_| {});
         let mut c = w.client(1000, transport, 600);
         let relay = w.allocate(&mut c);
@@ -331,7 +331,7 @@ fn channels_carry_data_both_ways_and_tcp_pads_to_four_bytes() {
         let (_, data) = w.peer_sends(relay, addr(PEER), b"xyz").unwrap();
         let expected: &[u8] = match transport {
             Transport::Udp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z'],
-            Transport::Tcp => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z', 0],
+            Transport::Tcp | Transport::Tls => &[0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z', 0],
         };
         assert_eq!(data, expected);
         // Unknown channel: dropped.

@@ -310,6 +310,8 @@ impl<B: Backbone> Inner<B> {
                 st.end_tours(sid);
                 Route::Wait(Op::Unregister { raw: raw.to_owned(), room: own.to_string(), fence })
             }
+            // The session's own registration lives here: fresh credentials need nobody else.
+            Body::IceServers => local(st),
             Body::Call { room_id, .. } => {
                 if own.is_none() || st.rooms.contains_key(&**room_id) {
                     return local(st);

@@ -226,6 +226,7 @@ impl<X: Send + 'static> State<X> {
         };
         match &msg.body {
             Body::Register { room_id } => self.register(sid, own_room, room_id.as_deref(), msg, takeover),
+            Body::IceServers => self.refresh_ice_servers(sid, own_room, msg),
             Body::Unregister { room_id } => {
                 let Some(own) = own_room else {
                     return Err(msg.reject(RejectCode::NotRegistered, "unregistered"));
@@ -508,10 +509,26 @@ impl<X: Send + 'static> State<X> {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.room = Some(room_id.clone());
         }
-        let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let servers = self.settings.ice.for_room(&room_id, unix_now);
-        let accept = RegisterAccept::new(&msg.transaction_id, &room_id, &servers).to_json();
+        let unix_now = unix_now();
+        let (servers, expire) = (self.settings.ice.for_room(&room_id, unix_now), self.settings.ice.expiry(unix_now));
+        let accept = RegisterAccept::new(&msg.transaction_id, &room_id, &servers, expire).to_json();
         self.send(sid, accept.into());
+    }
+
+    /// Answers an `ice_servers` request with fresh credentials for the session's room (SPEC.md §4.6).
+    fn refresh_ice_servers<'m>(
+        &mut self,
+        sid: SessionId,
+        room: Option<Arc<str>>,
+        msg: &'m Message<'_>,
+    ) -> Result<(), Reject<'m>> {
+        let Some(room) = room else {
+            return Err(msg.reject(RejectCode::NotRegistered, "should register first"));
+        };
+        let unix_now = unix_now();
+        let (servers, expire) = (self.settings.ice.for_room(&room, unix_now), self.settings.ice.expiry(unix_now));
+        self.send(sid, RegisterAccept::refreshed(&msg.transaction_id, &room, &servers, expire).to_json().into());
+        Ok(())
     }
 
     /// `<seq>_<16 random alphanumerics>`, like ZLMediaKit's, and not held by anyone here.
@@ -674,4 +691,8 @@ fn spawn_call_timer<X: Send + 'static>(
         }
     })
     .abort_handle()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

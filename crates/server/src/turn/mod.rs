@@ -1,6 +1,7 @@
 //! The STUN/TURN server's IO driver around the sans-IO [`Engine`].
 //!
-//! - One UDP socket and one TCP listener on the same address (`turn.listen`).
+//! - One UDP socket and one TCP listener on the same address (`turn.listen`), and optionally a TLS listener
+//!   (`turn.tls-listen`, `turns:`) with the signaling listener's certificate.
 //! - One UDP socket per allocation (its relay address), with a reader task.
 //! - A one-second tick that expires allocations, permissions and channels.
 //!
@@ -53,6 +54,8 @@ fn grow_buffers(socket: &impl std::os::fd::AsFd, size: usize) {
 pub enum TurnError {
     #[error("cannot bind STUN/TURN listener {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("turn.tls-listen needs a certificate (tls.cert and tls.key, or tls.dev-self-signed)")]
+    NoCertificate,
 }
 
 /// A running STUN/TURN server.
@@ -60,6 +63,7 @@ pub enum TurnError {
 pub struct TurnServer {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
 }
 
 struct Shared {
@@ -85,9 +89,9 @@ struct State {
     engine: Engine,
     /// Advertised relay address → its socket and reader task.
     relays: HashMap<SocketAddr, Relay>,
-    /// TCP client address → its outbound queue.
-    tcp_clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    /// Open TCP connections per source IP.
+    /// TCP and TLS clients → their outbound queues.
+    tcp_clients: HashMap<Client, mpsc::Sender<Vec<u8>>>,
+    /// Open TCP and TLS connections per source IP (one budget for both).
     tcp_per_ip: HashMap<IpAddr, usize>,
     /// Sockets bound for ports reserved with EVEN-PORT, by advertised address, until claimed or released.
     reserved: HashMap<SocketAddr, std::net::UdpSocket>,
@@ -117,16 +121,30 @@ pub fn engine_config(
 }
 
 impl TurnServer {
-    /// Binds UDP and TCP on `config.listen` (the same port for both; with port 0, a free one), and starts serving.
-    /// `relay_ip` is the address relays are advertised at.
+    /// Binds UDP and TCP on `config.listen` (the same port for both; with port 0, a free one), TLS on
+    /// `config.tls_listen` when set (with `tls`, the certificate), and starts serving. `relay_ip` is the address relays
+    /// are advertised at.
     pub async fn start(
         config: &TurnConfig,
         engine: EngineConfig,
         relay_ip: IpAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> Result<TurnServer, TurnError> {
         let (udp, tcp) = bind_pair(config.listen).await?;
+        let tls = match (config.tls_listen, tls) {
+            (None, _) => None,
+            (Some(_), None) => return Err(TurnError::NoCertificate),
+            (Some(addr), Some(cert)) => {
+                let listener = TcpListener::bind(addr).await.map_err(|source| TurnError::Bind { addr, source })?;
+                Some((listener, turns_acceptor(&cert)))
+            }
+        };
+        let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?),
+            None => None,
+        };
         grow_buffers(&udp, LISTEN_UDP_BUFFER);
         let local_addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?;
         let now = tokio::time::Instant::now().into_std();
@@ -153,14 +171,23 @@ impl TurnServer {
         });
         info!(addr = %local_addr, relay_ip = %relay_ip, "turn listening");
         tasks.spawn(udp_loop(shared.clone()));
-        tasks.spawn(tcp::accept_loop(shared.clone(), tcp));
+        tasks.spawn(tcp::accept_loop(shared.clone(), tcp, None));
+        if let Some((listener, acceptor)) = tls {
+            info!(addr = %tls_addr.unwrap_or(config.listen), "turns listening");
+            tasks.spawn(tcp::accept_loop(shared.clone(), listener, Some(acceptor)));
+        }
         tasks.spawn(tick_loop(shared.clone()));
-        Ok(TurnServer { shared, local_addr })
+        Ok(TurnServer { shared, local_addr, tls_addr })
     }
 
     /// The bound UDP/TCP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound TURN-over-TLS address, when `turn.tls-listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Relay counters.
@@ -179,6 +206,14 @@ impl TurnServer {
     pub fn allocations(&self) -> usize {
         self.shared.state.lock().engine.allocation_count()
     }
+}
+
+/// The signaling listener's certificate without its ALPN list: a TURN client offers none or `stun.turn`
+/// (RFC 7443), and a server list that matches neither would fail the handshake.
+fn turns_acceptor(cert: &rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
+    let mut config = cert.clone();
+    config.alpn_protocols = Vec::new();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// UDP and TCP on one port: with port 0, retry until a port free for both is found.
@@ -268,8 +303,8 @@ fn send_to_client(shared: &Shared, st: &State, to: Client, data: std::borrow::Co
         Transport::Udp => {
             let _ = shared.udp.try_send_to(&data, to.addr);
         }
-        Transport::Tcp => {
-            if let Some(tx) = st.tcp_clients.get(&to.addr) {
+        Transport::Tcp | Transport::Tls => {
+            if let Some(tx) = st.tcp_clients.get(&to) {
                 let _ = tx.try_send(data.into_owned());
             }
         }

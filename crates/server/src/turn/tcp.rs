@@ -1,4 +1,6 @@
-//! STUN/TURN over TCP: framing of STUN messages and ChannelData on a byte stream (RFC 8656 §12.5).
+//! STUN/TURN over TCP and over TLS (`turns:`): framing of STUN messages and ChannelData on a byte stream (RFC 8656
+//! §12.5). A TLS connection is a TCP one with a rustls handshake first; from then on both are served alike, by the
+//! same engine, under the same limits.
 //!
 //! A frame is either a STUN message (20-byte header, length in bytes 2–3) or ChannelData (4-byte header, first byte
 //! 0x40–0x7F, length padded to a multiple of four). Anything else ends the connection. Each connection is one client:
@@ -9,25 +11,29 @@
 //! allocation (it sent nothing, half a message, or no Allocate that succeeded) is closed; one whose allocation has
 //! gone is closed within one more timeout.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use switchboard_turn::{Client, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::{deliver, drain_events, now, Shared, TCP_QUEUE};
 
-pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts TURN-over-TCP connections, or with `tls` TURN-over-TLS ones (`turns:`), until the server stops.
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
     loop {
         let (stream, addr) = tokio::select! {
             _ = shared.stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    debug!(error = %e, "turn tcp accept failed");
+                    debug!(error = %e, ?transport, "turn stream accept failed");
                     continue;
                 }
             },
@@ -36,14 +42,38 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             let mut st = shared.state.lock();
             let open = st.tcp_per_ip.entry(addr.ip()).or_insert(0);
             if *open >= shared.tcp_per_ip {
-                debug!(peer = %addr, open = *open, "turn tcp: too many connections from this address; closing");
-                shared.tcp_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(peer = %addr, open = *open, ?transport, "turn stream: too many connections from this address; closing");
+                shared.tcp_refused.fetch_add(1, Relaxed);
                 continue; // dropping the stream closes it
             }
             *open += 1;
         }
         let _ = stream.set_nodelay(true);
-        shared.tasks.spawn(connection(shared.clone(), stream, Client { transport: Transport::Tcp, addr }));
+        let client = Client { transport, addr };
+        let (conn_shared, tls) = (shared.clone(), tls.clone());
+        shared.tasks.spawn(async move {
+            let shared = conn_shared;
+            // The handshake counts towards the time a connection may go without an allocation.
+            let deadline = Instant::now() + shared.tcp_unallocated_timeout;
+            let serve = async {
+                match tls {
+                    None => connection(&shared, stream, client, deadline).await,
+                    Some(acceptor) => match timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(&shared, stream, client, deadline).await,
+                        Ok(Err(e)) => debug!(peer = %addr, error = %e, "turns: TLS handshake failed"),
+                        Err(_) => {
+                            debug!(peer = %addr, "turns: no TLS handshake within the timeout; closing");
+                            shared.tcp_unallocated.fetch_add(1, Relaxed);
+                        }
+                    },
+                }
+            };
+            tokio::select! {
+                _ = shared.stop.cancelled() => {}
+                () = serve => {}
+            }
+            closed(&shared, client);
+        });
     }
 }
 
@@ -68,13 +98,21 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
-    let (mut rd, mut wr) = stream.into_split();
+/// Serves one connection's frames until it ends; the caller cleans up.
+async fn connection<S>(shared: &Arc<Shared>, stream: S, client: Client, mut deadline: Instant)
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-    shared.state.lock().tcp_clients.insert(client.addr, tx);
+    shared.state.lock().tcp_clients.insert(client, tx);
     let writer = async {
         while let Some(frame) = rx.recv().await {
             if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+            // TLS buffers what it encrypts; push it out unless more frames are already queued.
+            if rx.is_empty() && wr.flush().await.is_err() {
                 return;
             }
         }
@@ -82,7 +120,6 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
     let reader = async {
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 16 * 1024];
-        let mut deadline = Instant::now() + shared.tcp_unallocated_timeout;
         loop {
             while let Ok(Some(len)) = frame_len(&buf) {
                 if buf.len() < len {
@@ -91,8 +128,8 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
                 {
                     let mut st = shared.state.lock();
                     let out = st.engine.handle_client(now(), client, &buf[..len]);
-                    deliver(&shared, &st, out);
-                    drain_events(&shared, &mut st);
+                    deliver(shared, &st, out);
+                    drain_events(shared, &mut st);
                 }
                 buf.drain(..len);
             }
@@ -108,20 +145,23 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
                     deadline = Instant::now() + shared.tcp_unallocated_timeout;
                 }
                 Err(_) => {
-                    debug!(peer = %client.addr, "turn tcp: no allocation within the timeout; closing");
-                    shared.tcp_unallocated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    debug!(peer = %client.addr, transport = ?client.transport, "turn stream: no allocation within the timeout; closing");
+                    shared.tcp_unallocated.fetch_add(1, Relaxed);
                     return;
                 }
             }
         }
     };
     tokio::select! {
-        _ = shared.stop.cancelled() => {}
         () = reader => {}
         () = writer => {}
     }
+}
+
+/// Forgets a connection that ended, and frees its allocation at once.
+fn closed(shared: &Arc<Shared>, client: Client) {
     let mut st = shared.state.lock();
-    st.tcp_clients.remove(&client.addr);
+    st.tcp_clients.remove(&client);
     if let Some(open) = st.tcp_per_ip.get_mut(&client.addr.ip()) {
         *open -= 1;
         if *open == 0 {
@@ -129,7 +169,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, client: Client) {
         }
     }
     st.engine.client_gone(client);
-    drain_events(&shared, &mut st);
+    drain_events(shared, &mut st);
 }
 
 #[cfg(test)]
