@@ -21,6 +21,8 @@
  * @property {string} roomId The room now held (the one asked for, or the one the server assigned).
  * @property {RTCIceServer[]} iceServers The accept's `ice_servers`, ready for `new RTCPeerConnection`.
  * @property {ProtocolIceServer[]} rawIceServers The accept's `ice_servers` as received.
+ * @property {number|null} expire When their credentials expire (unix seconds; `ice_servers_expire`, SPEC.md §4.6), or
+ *   null when the server gives no expiry (static credentials, ZLMediaKit).
  */
 
 /**
@@ -66,6 +68,10 @@
 export const DEFAULT_VHOST = "__defaultVhost__";
 export const DEFAULT_APP = "live";
 export const REQUEST_TIMEOUT_MS = 10_000;
+/** Fresh TURN credentials are fetched when this share of the old ones' remaining lifetime has passed (SPEC.md §4.6). */
+const REFRESH_AT = 0.8;
+/** ...but never sooner than this after the accept that brought them (credentials about to expire, clock skew). */
+const MIN_REFRESH_DELAY_MS = 500;
 
 const ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -281,6 +287,9 @@ export class IncomingCall {
  * - `disconnected`: `{code, reason}` of the websocket close; pending requests fail with code `disconnected`;
  * - `reconnected`: `{roomId, error}`: connected again, the room (if one was held) registered again, or `error` if that
  *   failed;
+ * - `ice-servers`: a `Registration`: fresh TURN credentials, fetched on its own at 80 % of the old ones' lifetime
+ *   (SPEC.md §4.6); `iceServers` returns them from now on, so every later call uses them. A server that rejects or
+ *   ignores the request (ZLMediaKit) is not asked again, and the register accept's servers stay in use;
  * - `closed`: the client stopped (after `close()`, or a drop with reconnection off).
  */
 export class SignalingClient extends EventTarget {
@@ -292,6 +301,9 @@ export class SignalingClient extends EventTarget {
   #closed = false;
   #attempt = 0;
   /** @type {any} */ #retryTimer = null;
+  /** @type {any} */ #refreshTimer = null;
+  /** False once the server rejected or ignored an `ice_servers` request. */
+  #refreshSupported = true;
 
   /**
    * @param {string} url `ws://host:port/signaling` or `wss://…`.
@@ -365,6 +377,8 @@ export class SignalingClient extends EventTarget {
 
   /** @param {number} code @param {string} reason */
   #onDrop(code, reason) {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
     for (const [id, p] of this.#pending) {
       clearTimeout(p.timer);
       p.reject(new SignalingError("disconnected", "connection to the signaling server lost", { method: p.method, transactionId: id }));
@@ -514,8 +528,48 @@ export class SignalingClient extends EventTarget {
     const accept = await this.#request(msg);
     const room = typeof accept.room_id === "string" && accept.room_id !== "" ? accept.room_id : roomId ?? "";
     this.#room = room;
+    return this.#serversArrived(accept, room);
+  }
+
+  /**
+   * Fresh credentials for the room held, without giving it up (SPEC.md §4.6). The client does this on its own before
+   * they expire; call it to refresh now.
+   * @returns {Promise<Registration>}
+   */
+  async refreshIceServers() {
+    const room = this.#room;
+    if (room === null) throw new SignalingError("not_registered", "no room is held", { method: "ice_servers" });
+    const accept = await this.#request({ class: "request", method: "ice_servers", transaction_id: randomId(32) });
+    return this.#serversArrived(accept, room);
+  }
+
+  /**
+   * Keeps an accept's servers and schedules the next refresh by their expiry.
+   * @param {any} accept @param {string} room
+   * @returns {Registration}
+   */
+  #serversArrived(accept, room) {
     this.#iceServers = toRTCIceServers(accept.ice_servers);
-    return { roomId: room, iceServers: this.#iceServers, rawIceServers: accept.ice_servers ?? [] };
+    const expire = typeof accept.ice_servers_expire === "number" ? accept.ice_servers_expire : null;
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (expire !== null && this.#refreshSupported) {
+      const delay = Math.max(MIN_REFRESH_DELAY_MS, (expire * 1000 - Date.now()) * REFRESH_AT);
+      this.#refreshTimer = setTimeout(() => this.#autoRefresh(), delay);
+    }
+    return { roomId: room, iceServers: this.#iceServers, rawIceServers: accept.ice_servers ?? [], expire };
+  }
+
+  async #autoRefresh() {
+    this.#refreshTimer = null;
+    if (this.#closed || this.#room === null || !this.connected) return; // a reconnect's register brings fresh ones
+    try {
+      this.#emit("ice-servers", await this.refreshIceServers());
+    } catch (e) {
+      const err = /** @type {SignalingError} */ (e);
+      // Rejected or never answered: the server lacks the extension. A drop is not its fault: the re-register refreshes.
+      if (err.code !== "disconnected" && err.code !== "closed") this.#refreshSupported = false;
+    }
   }
 
   /**
@@ -526,7 +580,11 @@ export class SignalingClient extends EventTarget {
     const room = this.#room;
     if (room === null) throw new SignalingError("not_registered", "no room is held", { method: "unregister" });
     await this.#request({ class: "request", method: "unregister", transaction_id: randomId(32), room_id: room });
-    if (this.#room === room) this.#room = null;
+    if (this.#room === room) {
+      this.#room = null;
+      clearTimeout(this.#refreshTimer);
+      this.#refreshTimer = null;
+    }
   }
 
   /**
@@ -598,6 +656,7 @@ export class SignalingClient extends EventTarget {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#refreshTimer);
     const ws = this.#ws;
     this.#ws = null;
     for (const [id, p] of this.#pending) {

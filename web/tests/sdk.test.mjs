@@ -410,3 +410,45 @@ test("a failed re-register is reported; close() stops for good", async () => {
   await assert.rejects(client.connect(), (e) => e.code === "closed");
   assert.equal(FakeSocket.all.length, count, "no reconnect after close()");
 });
+
+test("ICE servers are refreshed on their own before ice_servers_expire, and later calls get the fresh ones", async () => {
+  const { client, ws } = await connected();
+  const registering = client.register("keeper");
+  const reg = ws.sent.at(-1);
+  // Expiring in 1 s: the refresh is due at 80 % of that.
+  const expire = Date.now() / 1000 + 1;
+  ws.receive({ class: "accept", method: "register", transaction_id: reg.transaction_id, room_id: "keeper",
+    ice_servers: [{ url: "turn:10.0.0.1:3478?transport=udp", ufrag: "old", pwd: "p" }], ice_servers_expire: expire });
+  const first = await registering;
+  assert.equal(first.expire, expire);
+  const asked = performance.now();
+  await until(() => ws.sent.at(-1)?.method === "ice_servers", 3000, "an ice_servers request");
+  const req = ws.sent.at(-1);
+  assert.deepEqual(keys(req), ["class", "method", "transaction_id"]);
+  assert.equal(req.class, "request");
+  assert.ok(Date.now() / 1000 < expire, "asked before the expiry");
+  assert.ok(performance.now() - asked >= 500, "not at once");
+  const refreshed = nextEvent(client, "ice-servers");
+  ws.receive({ class: "accept", method: "ice_servers", transaction_id: req.transaction_id, room_id: "keeper",
+    ice_servers: [{ url: "turn:10.0.0.1:3478?transport=udp", ufrag: "new", pwd: "q" }], ice_servers_expire: expire + 3600 });
+  const detail = await refreshed;
+  assert.equal(detail.iceServers[0].username, "new");
+  assert.deepEqual(client.iceServers, [{ urls: "turn:10.0.0.1:3478?transport=udp", username: "new", credential: "q" }]);
+  client.close();
+});
+
+test("a server that ignores ice_servers (ZLMediaKit) is asked once; the register accept's servers stay in use", async () => {
+  const { client, ws } = await connected({ requestTimeoutMs: 50 });
+  const registering = client.register("keeper");
+  const reg = ws.sent.at(-1);
+  ws.receive({ class: "accept", method: "register", transaction_id: reg.transaction_id, room_id: "keeper",
+    ice_servers: [{ url: "turn:10.0.0.1:3478?transport=udp", ufrag: "old", pwd: "p" }], ice_servers_expire: Date.now() / 1000 + 0.5 });
+  await registering;
+  await until(() => ws.sent.at(-1)?.method === "ice_servers", 3000, "an ice_servers request");
+  // Unanswered: after the 50 ms timeout the client stops asking (the next refresh would be due 500 ms later).
+  const sentBefore = ws.sent.length;
+  await new Promise((r) => setTimeout(r, 800));
+  assert.equal(ws.sent.length, sentBefore, `asked again: ${JSON.stringify(ws.sent.slice(sentBefore))}`);
+  assert.equal(client.iceServers[0].username, "old");
+  client.close();
+});

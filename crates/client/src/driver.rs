@@ -5,20 +5,23 @@
 //! - Every request gets exactly one outcome: its answer, a reject, a hang-up (a bye for the call), or
 //!   `Disconnected` when the connection drops first. The caller's own timeout covers silence.
 //! - The room to restore is the one the last register accept named, cleared by an unregister accept.
+//! - The ICE servers handed out are those of the last accept that carried some; at most one credential refresh is in
+//!   flight, and a server that rejects or ignores one is never asked again.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_proto::Envelope;
+use switchboard_proto::{Envelope, IceServer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use crate::{random_id, CallRequest, Candidate, ClientConfig, ClientError, Command, Event, IncomingCall};
+use crate::{random_id, registered, CallRequest, Candidate, ClientConfig, ClientError, Command, Event, IncomingCall};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -28,6 +31,26 @@ const PING_AFTER: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
 /// Attempts to take the room back after a reconnect while the server still holds the old session.
 const REREGISTER_ATTEMPTS: u32 = 5;
+/// Refresh credentials when this share of their remaining lifetime has passed.
+const REFRESH_AT: f64 = 0.8;
+/// Never refresh sooner than this after the previous accept (credentials that are about to expire, clock skew).
+const MIN_REFRESH_DELAY: Duration = Duration::from_millis(500);
+
+/// When to fetch fresh credentials for credentials that expire at `expire` (unix seconds), seen at `unix_now`.
+pub(crate) fn refresh_delay(expire: u64, unix_now: f64) -> Duration {
+    let remaining = (expire as f64 - unix_now).max(0.0);
+    Duration::from_secs_f64(remaining * REFRESH_AT).max(MIN_REFRESH_DELAY)
+}
+
+/// The credential refresh of SPEC.md §4.6.
+enum Refresh {
+    /// Nothing to refresh (static credentials, no room), or the server lacks the extension.
+    Off,
+    /// Ask at this instant.
+    Due(Instant),
+    /// Asked with this transaction; the server has until the deadline to answer.
+    Asked { tid: String, deadline: Instant },
+}
 
 pub(crate) async fn open(config: &ClientConfig) -> Result<Ws, ClientError> {
     let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
@@ -57,6 +80,11 @@ struct Driver {
     pending: HashMap<String, Pending>,
     /// The room to register again after a reconnect.
     room: Option<String>,
+    /// The freshest ICE servers, shared with the handles.
+    ice: Arc<Mutex<Vec<IceServer>>>,
+    refresh: Refresh,
+    /// False once the server rejected or ignored an `ice_servers` request: it lacks the extension.
+    refresh_supported: bool,
 }
 
 pub(crate) async fn run(
@@ -64,10 +92,20 @@ pub(crate) async fn run(
     mut ws: Ws,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    ice: Arc<Mutex<Vec<IceServer>>>,
 ) {
-    let mut d = Driver { config, events, pending: HashMap::new(), room: None };
+    let mut d = Driver {
+        config,
+        events,
+        pending: HashMap::new(),
+        room: None,
+        ice,
+        refresh: Refresh::Off,
+        refresh_supported: true,
+    };
     loop {
         let end = d.serve(&mut ws, &mut commands).await;
+        d.refresh = Refresh::Off; // the re-register's accept brings fresh credentials
         for (_, p) in d.pending.drain() {
             let _ = p.reply.send(Err(ClientError::Disconnected));
         }
@@ -119,7 +157,17 @@ impl Driver {
         let mut last_rx = Instant::now();
         let mut tick = tokio::time::interval(PING_AFTER / 2);
         loop {
+            let refresh_wake = match &self.refresh {
+                Refresh::Off => None,
+                Refresh::Due(at) => Some(*at),
+                Refresh::Asked { deadline, .. } => Some(*deadline),
+            };
             tokio::select! {
+                () = wake(refresh_wake) => {
+                    if !self.refresh_due(ws).await {
+                        return End::Dropped;
+                    }
+                }
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(t))) => {
                         last_rx = Instant::now();
@@ -158,6 +206,39 @@ impl Driver {
         }
     }
 
+    /// The refresh timer fired: ask for fresh credentials, or give up on a server that never answered. False when the
+    /// connection failed.
+    async fn refresh_due(&mut self, ws: &mut Ws) -> bool {
+        match std::mem::replace(&mut self.refresh, Refresh::Off) {
+            Refresh::Off => true,
+            Refresh::Due(_) => {
+                let tid = random_id(32);
+                let msg = Envelope::new("request", "ice_servers", tid.clone());
+                self.refresh = Refresh::Asked { tid, deadline: Instant::now() + self.config.request_timeout };
+                ws.send(Message::Text(msg.to_json().into())).await.is_ok()
+            }
+            Refresh::Asked { .. } => {
+                info!("the server did not answer an ice_servers request: it lacks the extension; keeping the current ICE servers");
+                self.refresh_supported = false;
+                true
+            }
+        }
+    }
+
+    /// An accept carried `ice_servers`: keep them, and schedule the next refresh by their expiry.
+    fn servers_arrived(&mut self, accept: &Envelope) {
+        if let Some(servers) = &accept.ice_servers {
+            *self.ice.lock().unwrap_or_else(|e| e.into_inner()) = servers.clone();
+        }
+        self.refresh = match accept.ice_servers_expire {
+            Some(expire) if self.refresh_supported && self.room.is_some() => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                Refresh::Due(Instant::now() + refresh_delay(expire, now))
+            }
+            _ => Refresh::Off,
+        };
+    }
+
     /// Routes one received message.
     async fn incoming(&mut self, text: &str) {
         let msg: Envelope = match serde_json::from_str(text) {
@@ -168,13 +249,31 @@ impl Driver {
             }
         };
         let field = |f: &Option<String>| f.clone().unwrap_or_default();
+        let asked = matches!(&self.refresh, Refresh::Asked { tid, .. } if *tid == msg.transaction_id);
         match (msg.class.as_str(), msg.method.as_str()) {
+            ("accept", "ice_servers") if asked => {
+                self.servers_arrived(&msg);
+                info!(expire = ?msg.ice_servers_expire, "ICE servers refreshed");
+                let _ = self.events.send(Event::IceServers(registered(msg))).await;
+            }
+            ("reject", _) if asked => {
+                info!(reason = ?msg.reason, "the server refused an ice_servers request; keeping the current ICE servers");
+                self.refresh = Refresh::Off;
+                self.refresh_supported = false;
+            }
             ("accept" | "reject", _) if self.pending.contains_key(&msg.transaction_id) => {
                 let Some(p) = self.pending.remove(&msg.transaction_id) else { return };
                 let result = if msg.class == "accept" {
                     match msg.method.as_str() {
-                        "register" => self.room = msg.room_id.clone(),
-                        "unregister" => self.room = None,
+                        "register" => {
+                            self.room = msg.room_id.clone();
+                            self.servers_arrived(&msg);
+                        }
+                        "ice_servers" => self.servers_arrived(&msg),
+                        "unregister" => {
+                            self.room = None;
+                            self.refresh = Refresh::Off;
+                        }
                         _ => {}
                     }
                     Ok(msg)
@@ -252,7 +351,10 @@ impl Driver {
             })
             .await;
             match answer {
-                Ok(Some(e)) if e.class == "accept" => return Some(room),
+                Ok(Some(e)) if e.class == "accept" => {
+                    self.servers_arrived(&e);
+                    return Some(room);
+                }
                 Ok(Some(e)) => warn!(attempt, reason = ?e.reason, "re-register refused"),
                 _ => return None,
             }
@@ -260,5 +362,26 @@ impl Driver {
         }
         self.room = None;
         None
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn wake(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_comes_at_four_fifths_of_the_remaining_lifetime_and_never_at_once() {
+        assert_eq!(refresh_delay(1_000 + 12 * 3600, 1_000.0), Duration::from_secs_f64(0.8 * 12.0 * 3600.0));
+        assert_eq!(refresh_delay(1_010, 1_000.0), Duration::from_secs(8));
+        assert_eq!(refresh_delay(1_000, 1_000.0), MIN_REFRESH_DELAY, "expiring now");
+        assert_eq!(refresh_delay(900, 1_000.0), MIN_REFRESH_DELAY, "already expired (clock skew)");
     }
 }

@@ -3,7 +3,10 @@
 //! [`Client::connect`] returns a cheap-to-clone [`Client`] handle and a stream of [`Event`]s; a driver task owns the
 //! websocket. Requests (`register`, `unregister`, `call`) are matched to their answer by `transaction_id` and time out
 //! after [`ClientConfig::request_timeout`] (10 s, as ZLMediaKit). With reconnection on, a dropped connection is
-//! re-established with exponential backoff and the room registered again.
+//! re-established with exponential backoff and the room registered again. With ephemeral TURN credentials
+//! (`ice_servers_expire`, SPEC.md §4.6) the client fetches fresh ones at 80 % of their lifetime, and again after each
+//! reconnect; [`Client::ice_servers`] always returns the freshest. A server that rejects or ignores the request
+//! (ZLMediaKit) is left alone from then on, and the servers of the register accept stay in use.
 //!
 //! Messages carry exactly the fields SPEC.md lists (candidates without the `candidate:` prefix, the sender's ICE
 //! `ufrag`/`pwd`), so the same code talks to a ZLMediaKit server.
@@ -11,7 +14,7 @@
 mod driver;
 mod error;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
@@ -57,11 +60,13 @@ impl Default for Backoff {
     }
 }
 
-/// A successful registration.
+/// A successful registration (or an `ice_servers` refresh of one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registered {
     pub room_id: String,
     pub ice_servers: Vec<IceServer>,
+    /// When the credentials of `ice_servers` expire (unix seconds), if the server says (SPEC.md §4.6).
+    pub ice_servers_expire: Option<u64>,
 }
 
 /// What a caller asks for.
@@ -113,6 +118,9 @@ pub enum Event {
     Reconnected {
         room_id: Option<String>,
     },
+    /// The client fetched fresh ICE servers on its own, ahead of `ice_servers_expire` (SPEC.md §4.6);
+    /// [`Client::ice_servers`] returns them from now on.
+    IceServers(Registered),
     /// The client gave up (reconnection off, or shut down).
     Closed,
 }
@@ -136,6 +144,14 @@ pub fn random_id(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
+pub(crate) fn registered(accept: Envelope) -> Registered {
+    Registered {
+        room_id: accept.room_id.unwrap_or_default(),
+        ice_servers: accept.ice_servers.unwrap_or_default(),
+        ice_servers_expire: accept.ice_servers_expire,
+    }
+}
+
 pub(crate) enum Command {
     /// Send a request and deliver its answer.
     Request { msg: Envelope, reply: oneshot::Sender<Result<Envelope, ClientError>> },
@@ -150,6 +166,8 @@ pub(crate) enum Command {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     timeout: Duration,
+    /// The freshest `ice_servers` any accept carried (the driver writes, handles read).
+    ice: Arc<Mutex<Vec<IceServer>>>,
 }
 
 impl Client {
@@ -159,8 +177,9 @@ impl Client {
         let (commands, command_rx) = mpsc::channel(256);
         let (events_tx, events) = mpsc::channel(1024);
         let timeout = config.request_timeout;
-        tokio::spawn(driver::run(config, ws, command_rx, events_tx));
-        Ok((Client { commands, timeout }, events))
+        let ice = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(driver::run(config, ws, command_rx, events_tx, ice.clone()));
+        Ok((Client { commands, timeout, ice }, events))
     }
 
     async fn request(&self, msg: Envelope) -> Result<Envelope, ClientError> {
@@ -181,11 +200,18 @@ impl Client {
     pub async fn register(&self, room_id: Option<&str>) -> Result<Registered, ClientError> {
         let mut msg = Envelope::new("request", "register", random_id(32));
         msg.room_id = room_id.map(str::to_owned);
-        let accept = self.request(msg).await?;
-        Ok(Registered {
-            room_id: accept.room_id.unwrap_or_default(),
-            ice_servers: accept.ice_servers.unwrap_or_default(),
-        })
+        Ok(registered(self.request(msg).await?))
+    }
+
+    /// Asks for fresh credentials for the registered room (SPEC.md §4.6). The client does this on its own before
+    /// `ice_servers_expire`; a server without the extension rejects it or (ZLMediaKit) never answers.
+    pub async fn refresh_ice_servers(&self) -> Result<Registered, ClientError> {
+        Ok(registered(self.request(Envelope::new("request", "ice_servers", random_id(32))).await?))
+    }
+
+    /// The freshest ICE servers: those of the last register or refresh accept. Use them for every new call.
+    pub fn ice_servers(&self) -> Vec<IceServer> {
+        self.ice.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Gives up the room.

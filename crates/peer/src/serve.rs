@@ -143,6 +143,9 @@ impl Keeper {
                 tracing::info!(%guest_id, reason = reason.as_deref().unwrap_or(""), "bye received");
                 self.route(&guest_id, CallInput::Bye);
             }
+            Event::IceServers(r) => {
+                tracing::info!(expire = ?r.ice_servers_expire, "ICE servers refreshed; later calls use them")
+            }
             Event::Disconnected => tracing::warn!("signaling connection lost; reconnecting (calls continue)"),
             Event::Reconnected { room_id: Some(room) } => tracing::info!(%room, "signaling reconnected"),
             Event::Reconnected { room_id: None } => {
@@ -189,9 +192,12 @@ impl Keeper {
         self.summary.calls += 1;
         let (tx, rx) = mpsc::channel(CALL_INPUT_QUEUE);
         let guest_id = call.request.guest_id.clone();
+        // The freshest servers: the client refreshes ephemeral TURN credentials before they expire (SPEC.md §4.6).
+        let mut endpoint = self.endpoint.clone();
+        endpoint.ice_servers = endpoint::ice_servers(&self.client.ice_servers());
         let ctx = CallContext {
             client: self.client.clone(),
-            endpoint: self.endpoint.clone(),
+            endpoint,
             clip: self.clip.clone(),
             record_dir: self.config.record_dir.clone(),
         };
