@@ -200,11 +200,18 @@ mod tests {
     #[test]
     fn every_flag_and_env_var_of_the_readme_table_sets_its_field() {
         type Check = fn(&Config) -> bool;
-        let cases: [(&str, &str, &str, Check); 23] = [
+        let cases: [(&str, &str, &str, Check); 26] = [
             ("--listen", "SWITCHBOARD_LISTEN", "127.0.0.1:9", |c| c.signaling.listen.to_string() == "127.0.0.1:9"),
             ("--external-ip", "SWITCHBOARD_EXTERNAL_IP", "192.0.2.1,192.0.2.2", |c| c.turn.external_ips.len() == 2),
             ("--turn-listen", "SWITCHBOARD_TURN_LISTEN", "127.0.0.1:7", |c| c.turn.listen.port() == 7),
             ("--turn-port", "SWITCHBOARD_TURN_PORT", "4000", |c| c.turn.port == Some(4000)),
+            ("--turn-tls-listen", "SWITCHBOARD_TURN_TLS_LISTEN", "127.0.0.1:443", |c| {
+                c.turn.tls_listen == Some("127.0.0.1:443".parse().unwrap())
+            }),
+            ("--turn-tls-port", "SWITCHBOARD_TURN_TLS_PORT", "443", |c| c.turn.tls_port == Some(443)),
+            ("--turn-tls-host", "SWITCHBOARD_TURN_TLS_HOST", "turn.example.com", |c| {
+                c.turn.tls_host.as_deref() == Some("turn.example.com")
+            }),
             ("--turn-credentials", "SWITCHBOARD_TURN_CREDENTIALS", "static", |c| {
                 c.turn.credentials == CredentialMode::Static
             }),
@@ -261,6 +268,8 @@ mod tests {
         let c = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
         assert_eq!((c.tls.cert.unwrap(), c.tls.key.unwrap()), (PathBuf::from("c.pem"), PathBuf::from("k.pem")));
         assert!(Serve::try_parse_from(["serve", "--tls-cert", "c.pem"]).is_err());
+        // --turn-tls-listen without a value: the standard turns: port on every interface.
+        assert_eq!(config(&["--turn-tls-listen"]).turn.tls_listen, Some("0.0.0.0:5349".parse().unwrap()));
 
         // README's table names exactly these flags and variables (the global --log/--log-format live on the
         // top-level command: crates/cli/tests/serve.rs runs them).
