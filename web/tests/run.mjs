@@ -9,6 +9,7 @@
 //
 // Options: --switchboard PATH (required), --chromium PATH (/usr/bin/chromium), --artifacts DIR
 // (<repo>/target/browser-artifacts), --only NAME[,NAME…]. Every wait has a deadline; nothing sleeps and hopes.
+// SB_TEST_LOG sets the servers' SWITCHBOARD_LOG filter (default "info"), e.g. "info,switchboard_server::turn=debug".
 //
 // With --zlm PATH (a ZLMediaKit MediaServer) --host ADDR, it runs the ZLMediaKit cases instead: the demo page against
 // a real ZLMediaKit room keeper, puller and signaling server. MediaServer never uses `lo` for ICE, so those run in a
