@@ -160,10 +160,11 @@ async fn slowloris_heads_are_dropped_at_the_head_timeout_and_others_keep_their_l
     let dropped = deadline.await.expect("every slow head dropped in time");
     assert!(dropped.into_iter().all(|d| d.unwrap()), "a slow connection got a response instead of being dropped");
     assert!(started.elapsed() >= HEAD_TIMEOUT, "dropped before the head timeout");
-    // The same round trip under attack: within twice its unloaded p99 (1 ms floor: loopback timings below that are
-    // scheduler noise on a 2-core machine).
+    // The same round trip under attack: within twice its unloaded p99, with a 5 ms floor: on a 2-core machine the
+    // scheduler alone moves sub-millisecond loopback p99s by a couple of milliseconds (a 1 ms floor failed CI at 2.0 ms
+    // against 0.29 ms), while an acceptor held up by slow heads costs hundreds of milliseconds or the 10 s head timeout.
     eprintln!("register p99: {unloaded:?} unloaded, {loaded:?} under {SLOW} slow heads");
-    let bound = (unloaded * 2).max(Duration::from_millis(1));
+    let bound = (unloaded * 2).max(Duration::from_millis(5));
     assert!(loaded <= bound, "register p99 {loaded:?} under slowloris, {unloaded:?} without");
     still_relays(&mut caller, &mut callee, 2).await;
 }

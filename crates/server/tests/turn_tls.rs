@@ -51,15 +51,20 @@ async fn start(tweak: impl FnOnce(&mut switchboard_server::Config)) -> Setup {
     })
     .await;
     let turns = server.turn.as_ref().unwrap().tls_addr().expect("turns listener bound");
+    Setup { server, turns, tls: trusting(cert.cert.der().clone()), _dir: TempDir(dir) }
+}
+
+/// A client config that trusts exactly `cert`.
+fn trusting(cert: rustls_pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    roots.add(cert).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Setup { server, turns, tls: Arc::new(tls), _dir: TempDir(dir) }
+    Arc::new(config)
 }
 
 impl Setup {
@@ -251,17 +256,10 @@ async fn tls_connections_share_the_stream_limits() {
 
     // A client that trusts another certificate fails the handshake.
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(other.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let untrusting = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let untrusting = trusting(other.cert.der().clone());
     let tcp = TcpStream::connect(s.turns).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let r = tokio_rustls::TlsConnector::from(Arc::new(untrusting)).connect(name, tcp).await;
+    let r = tokio_rustls::TlsConnector::from(untrusting).connect(name, tcp).await;
     assert!(r.is_err(), "a handshake with an untrusted certificate succeeded");
     // A trusting client gets in once the failed one's place is freed (the server sees that close asynchronously).
     let deadline = tokio::time::Instant::now() + WAIT;
