@@ -24,7 +24,7 @@ use webrtc::peer_connection::RTCSessionDescription;
 use crate::endpoint::{self, EndpointConfig, PcEvent};
 use crate::media::{Clip, Received, SendCounters};
 use crate::session::{Role, Session};
-use crate::PeerError;
+use crate::{sdp_compat, PeerError};
 
 /// Where to call and how.
 #[derive(Clone, Debug)]
@@ -230,6 +230,11 @@ async fn offer_and_call(
     let local = pc.local_description().await.ok_or_else(|| PeerError::WebRtc("no local description".into()))?;
     (session.ufrag, session.pwd) = endpoint::ice_credentials(&local.sdp)
         .ok_or_else(|| PeerError::WebRtc("the offer has no ICE credentials".into()))?;
+    // A player is the DTLS server, so that no media reaches it before its SRTP keys (sdp_compat's invariants).
+    let sdp = match session.role {
+        Role::Play { .. } => sdp_compat::offer_as_dtls_server(&local.sdp),
+        Role::Push { .. } => local.sdp,
+    };
     let request = CallRequest {
         guest_id: session.guest_id.clone(),
         room_id: cfg.room.clone(),
@@ -237,7 +242,7 @@ async fn offer_and_call(
         vhost: cfg.vhost.clone(),
         app: cfg.app.clone(),
         stream: cfg.stream.clone().unwrap_or_else(|| cfg.room.clone()),
-        sdp: local.sdp,
+        sdp,
     };
     tracing::info!(room = %cfg.room, guest_id = %session.guest_id, call_type = request.call_type, "calling");
     let client = session.client.clone();

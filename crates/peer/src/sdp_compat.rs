@@ -8,6 +8,14 @@
 //! - A rejected m-section (port 0) of an answer still carries a direction (`a=inactive`), `a=rtcp-mux` and an
 //!   `a=rtpmap` for its payload type: ZLMediaKit's SDP parser asserts on a section without a direction.
 //!   [`complete_rejected_sections`] adds only what is missing and touches nothing else.
+//! - A caller that *receives* media (`play`) offers `a=setup:passive`, so the remote side is the DTLS client and
+//!   its first media can only follow our own Finished ([`offer_as_dtls_server`]). webrtc-rs 0.21's driver feeds a
+//!   whole burst of datagrams to the connection before it hands the DTLS "handshake complete" event to the SRTP
+//!   layer, so media that lands in the same burst as the remote's Finished is dropped ("remote_srtp_context is not
+//!   set yet"). ZLMediaKit starts a player's video at sequence 65534 (two config packets before 0): dropping those
+//!   two leaves our receiver's rollover counter at 0 while the sender's is 1, and every later packet fails its auth
+//!   tag. As the DTLS server we complete first, and the driver installs the SRTP keys before it reads again. A
+//!   caller that *sends* media (`push`) keeps `actpass`: the race is on the receiving side, the remote's.
 
 use rtc::peer_connection::transport::RTCDtlsRole;
 
@@ -19,6 +27,11 @@ pub(crate) fn answering_role(offer: &str) -> Option<RTCDtlsRole> {
         "passive" => Some(RTCDtlsRole::Client),
         _ => None,
     }
+}
+
+/// `offer` with its `a=setup:actpass` lines turned into `a=setup:passive` (see the module's invariants).
+pub(crate) fn offer_as_dtls_server(offer: &str) -> String {
+    offer.replace("a=setup:actpass\r\n", "a=setup:passive\r\n")
 }
 
 /// `answer` with every port-0 m-section completed as ZLMediaKit's parser needs; `offer` supplies the rtpmap.
@@ -75,6 +88,15 @@ mod tests {
         assert_eq!(answering_role("v=0\r\na=setup:passive\r\n"), Some(RTCDtlsRole::Client));
         assert_eq!(answering_role("v=0\r\na=setup:actpass\r\n"), None);
         assert_eq!(answering_role("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn a_receiving_caller_offers_to_be_the_dtls_server() {
+        let offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=setup:actpass\r\na=mid:0\r\n\
+                     m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:actpass\r\na=mid:1\r\n";
+        let out = offer_as_dtls_server(offer);
+        assert_eq!(out, offer.replace("actpass", "passive"));
+        assert_eq!(answering_role(&out), Some(RTCDtlsRole::Client), "the answerer takes the client role");
     }
 
     #[test]
