@@ -224,7 +224,15 @@ impl Collector for TurnCollector {
                 tcp_unallocated,
             ),
         ];
-        for (name, help, value) in counters.into_iter().chain(limits) {
+        let io = self.0.udp_io();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let batching = [
+            ("turn_udp_receive_calls", "Receive system calls of the TURN UDP data path", load(&io.receive_calls)),
+            ("turn_udp_datagrams_received", "Datagrams those receive calls took in", load(&io.datagrams_received)),
+            ("turn_udp_send_calls", "Send system calls of the TURN UDP data path", load(&io.send_calls)),
+            ("turn_udp_datagrams_sent", "Datagrams those send calls put out", load(&io.datagrams_sent)),
+        ];
+        for (name, help, value) in counters.into_iter().chain(limits).chain(batching) {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }

@@ -490,3 +490,75 @@ async fn an_unauthenticated_flood_is_answered_small_and_leaves_no_state() {
     assert_eq!(after.error, None, "a real allocation after the flood");
     drop(held);
 }
+
+/// The batched data path end to end: a burst from one allocation's client to another allocation on the same server
+/// (client a → relay A → relay B → client b, as two relay-only WebRTC peers on one server do). The burst is queued
+/// before the server runs (a blocking send on this single-threaded runtime), so the server must take it in batches;
+/// equal-sized datagrams leave relay A as GSO sends, relay B may take them as one GRO batch, and every datagram must
+/// still reach client b whole, once, and in order, across the size changes that end a GSO run.
+#[tokio::test]
+async fn a_burst_between_two_allocations_is_relayed_in_batches_whole_and_in_order() {
+    const BURST: usize = 96;
+    let (server, c) = server_and_creds(|c| c.turn.allow_peers = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let a = allocate(&c).await;
+    let b = allocate(&c).await;
+    let (relay_a, relay_b) = (a.relay.unwrap(), b.relay.unwrap());
+    for (client, towards) in [(&a.sock, relay_b), (&b.sock, relay_a)] {
+        let nonce = nonce_over_udp(client, c.turn).await;
+        let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
+            b.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).xor_address(attr::XOR_PEER_ADDRESS, towards)
+        });
+        assert_eq!(Message::parse(&udp_round_trip(client, c.turn, req).await).unwrap().class(), Class::Success);
+    }
+    let turn = server.turn.as_ref().unwrap();
+    let io = turn.udp_io();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let (calls0, received0) = (load(&io.receive_calls), load(&io.datagrams_received));
+    let (sends0, sent0) = (load(&io.send_calls), load(&io.datagrams_sent));
+
+    // Datagram i carries i in every byte; most are 100 bytes, every 10th is 50 and every 15th 120 (each ends a run).
+    let payload = |i: usize| {
+        vec![
+            i as u8;
+            if i % 10 == 9 {
+                50
+            } else if i % 15 == 14 {
+                120
+            } else {
+                100
+            }
+        ]
+    };
+    let blocking = a.sock.into_std().unwrap();
+    blocking.set_nonblocking(false).unwrap();
+    for i in 0..BURST {
+        let p = payload(i);
+        let mut frame = vec![0x40, 0x00];
+        frame.extend((p.len() as u16).to_be_bytes());
+        frame.extend(&p);
+        blocking.send_to(&frame, c.turn).unwrap();
+    }
+
+    let mut buf = [0u8; 2048];
+    for i in 0..BURST {
+        let (n, from) = tokio::time::timeout(WAIT, b.sock.recv_from(&mut buf)).await.expect("datagram {i}").unwrap();
+        assert_eq!(from, c.turn);
+        let p = payload(i);
+        assert_eq!(&buf[..4], &[0x40, 0x00, 0, p.len() as u8], "header of datagram {i}");
+        assert_eq!(&buf[4..n], &p[..], "datagram {i}");
+    }
+    let stats = turn.stats();
+    assert_eq!((stats.packets_to_peers, stats.packets_to_clients, stats.packets_dropped), (96, 96, 0));
+    // At least the burst (plus both relay legs) went through the data path, in fewer calls than datagrams.
+    let (calls, received) = (load(&io.receive_calls) - calls0, load(&io.datagrams_received) - received0);
+    let (sends, sent) = (load(&io.send_calls) - sends0, load(&io.datagrams_sent) - sent0);
+    assert_eq!(received, 2 * BURST as u64, "client a → listener and relay A → relay B, nothing else");
+    assert!(calls <= received / 4, "{calls} receive calls for {received} datagrams");
+    assert_eq!(sent, 2 * BURST as u64, "relay A → relay B, listener → client b");
+    assert!(sends <= sent / 4, "{sends} send calls for {sent} datagrams (GSO runs)");
+    let text = scrape(server.addr).await;
+    assert!(sample(&text, "switchboard_turn_udp_datagrams_received_total", None) >= received as f64);
+    assert!(sample(&text, "switchboard_turn_udp_receive_calls_total", None) >= calls as f64);
+    assert!(sample(&text, "switchboard_turn_udp_send_calls_total", None) >= sends as f64);
+    assert!(sample(&text, "switchboard_turn_udp_datagrams_sent_total", None) >= sent as f64);
+}

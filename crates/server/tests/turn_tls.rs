@@ -249,6 +249,8 @@ async fn tls_connections_share_the_stream_limits() {
     let r = tokio::time::timeout(TIMEOUT + WAIT, silent.read(&mut byte)).await.expect("closed at the timeout");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     assert!(opened.elapsed() >= TIMEOUT, "closed after {:?}", opened.elapsed());
+    // The TCP one was accepted a moment after the silent one, so its timeout may still be running.
+    wait_for("the plain TCP connection's close at the timeout", || turn.tcp_closed_by_limits().1 == 2).await;
     let text = scrape(s.server.addr).await;
     assert_eq!(sample(&text, "switchboard_turn_tcp_refused_total", None), 1.0);
     // The TCP one (only a Binding, no allocation) reached the same timeout: both are counted.

@@ -3,13 +3,17 @@
 //! - One UDP socket and one TCP listener on the same address (`turn.listen`), and optionally a TLS listener
 //!   (`turn.tls-listen`, `turns:`) with the signaling listener's certificate.
 //! - One UDP socket per allocation (its relay address), with a reader task.
+//! - UDP datagrams move in batches ([`batch_io`]): each wakeup receives what is queued in one call, the engine
+//!   handles the whole batch under one lock, and what it produced leaves after the lock is released, coalesced
+//!   per destination.
 //! - A one-second tick that expires allocations, permissions and channels.
 //!
 //! All mutable state — the engine, the relay sockets and the TCP clients' outboxes — sits behind one mutex, so every
-//! packet is handled as one atomic step. Nothing awaits under the lock: sends are `try_send`, and a packet that would
+//! batch is handled as one atomic step. Nothing awaits under the lock: sends never wait, and a packet that would
 //! block is dropped, as a congested UDP path would drop it. TCP clients get a bounded queue each; a client that falls
 //! behind loses packets rather than growing memory.
 
+mod batch_io;
 mod tcp;
 
 use std::collections::HashMap;
@@ -20,10 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use switchboard_turn::stun::{Class, Message};
-use switchboard_turn::{
-    Client, Engine, EngineConfig, Event, PeerPolicy, PortRequest, Stats, Transmit, Transport, CHANNEL_HEADROOM,
-};
+use switchboard_turn::{Client, Engine, EngineConfig, Event, PeerPolicy, PortRequest, Stats, Transmit, Transport};
 use tokio::net::{TcpListener, UdpSocket};
+
+pub use batch_io::IoCounters;
+use batch_io::{BatchSocket, Outgoing, Received, Via, HEADROOM};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +37,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::TurnConfig;
 
-/// Largest UDP payload we read.
-const MAX_DATAGRAM: usize = 65_535;
 /// Frames queued towards one TCP client before further ones are dropped.
 const TCP_QUEUE: usize = 512;
 /// Kernel buffer of the listening UDP socket: it takes every client's traffic, and bursts must not overflow it
@@ -68,7 +71,9 @@ pub struct TurnServer {
 
 struct Shared {
     state: Mutex<State>,
-    udp: Arc<UdpSocket>,
+    udp: BatchSocket,
+    /// The UDP data path's system calls and datagrams, for /metrics.
+    io: Arc<IoCounters>,
     /// Where relay sockets are bound (the listen IP).
     bind_ip: IpAddr,
     /// The address relay sockets are advertised at (XOR-RELAYED-ADDRESS).
@@ -98,7 +103,7 @@ struct State {
 }
 
 struct Relay {
-    socket: Arc<UdpSocket>,
+    socket: Arc<BatchSocket>,
     task: AbortHandle,
 }
 
@@ -145,8 +150,11 @@ impl TurnServer {
             Some((l, _)) => Some(l.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?),
             None => None,
         };
-        grow_buffers(&udp, LISTEN_UDP_BUFFER);
-        let local_addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: config.listen, source })?;
+        let bind_err = |source| TurnError::Bind { addr: config.listen, source };
+        let io = Arc::new(IoCounters::default());
+        let udp = BatchSocket::new(udp.into_std().map_err(bind_err)?, io.clone()).map_err(bind_err)?;
+        grow_buffers(udp.as_fd(), LISTEN_UDP_BUFFER);
+        let local_addr = udp.local_addr().map_err(bind_err)?;
         let now = tokio::time::Instant::now().into_std();
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let engine = Engine::new(engine, now, unix, rand::random());
@@ -158,7 +166,8 @@ impl TurnServer {
                 tcp_per_ip: HashMap::new(),
                 reserved: HashMap::new(),
             }),
-            udp: Arc::new(udp),
+            udp,
+            io,
             bind_ip: config.listen.ip(),
             relay_ip,
             ports: (config.relay_port_min, config.relay_port_max),
@@ -202,6 +211,11 @@ impl TurnServer {
         (self.shared.tcp_refused.load(Relaxed), self.shared.tcp_unallocated.load(Relaxed))
     }
 
+    /// System calls of the UDP data path and the datagrams they moved.
+    pub fn udp_io(&self) -> &IoCounters {
+        &self.shared.io
+    }
+
     /// Allocations held now.
     pub fn allocations(&self) -> usize {
         self.shared.state.lock().engine.allocation_count()
@@ -236,24 +250,29 @@ fn now() -> std::time::Instant {
 }
 
 async fn udp_loop(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, from) = tokio::select! {
+        let received = tokio::select! {
             _ = shared.stop.cancelled() => return,
-            r = shared.udp.recv_from(&mut buf) => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    debug!(error = %e, "turn udp receive failed");
-                    continue;
-                }
-            },
+            r = shared.udp.recv_batch(|batch| from_clients(&shared, batch)) => r,
         };
-        let client = Client { transport: Transport::Udp, addr: from };
-        let mut st = shared.state.lock();
-        let out = st.engine.handle_client(now(), client, &buf[..n]);
-        deliver(&shared, &st, out);
-        drain_events(&shared, &mut st);
+        if let Err(e) = received {
+            debug!(error = %e, "turn udp receive failed");
+        }
     }
+}
+
+/// One batch of datagrams from UDP clients, handled under one lock; the sends leave after it.
+fn from_clients(shared: &Arc<Shared>, batch: Received<'_>) {
+    Outgoing::with(&shared.udp, |out| {
+        let mut st = shared.state.lock();
+        let now = now();
+        batch.for_each(|from, slot, len| {
+            let client = Client { transport: Transport::Udp, addr: from };
+            let produced = st.engine.handle_client(now, client, &slot[HEADROOM..HEADROOM + len]);
+            queue(&st, out, produced);
+            drain_events(shared, &mut st);
+        });
+    });
 }
 
 async fn tick_loop(shared: Arc<Shared>) {
@@ -270,17 +289,39 @@ async fn tick_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Sends what the engine produced. Never blocks: a packet that cannot go now is dropped.
+/// Sends what the engine produced, now. Never blocks: a packet that cannot go now is dropped.
 fn deliver(shared: &Shared, st: &State, out: Option<Transmit<'_>>) {
     match out {
         None => {}
         Some(Transmit::ToClient { to, data }) => {
             log_error_answer(to, &data);
-            send_to_client(shared, st, to, data)
+            match to.transport {
+                Transport::Udp => shared.udp.send_one(to.addr, &data),
+                Transport::Tcp | Transport::Tls => send_to_stream(st, to, data),
+            }
         }
         Some(Transmit::ToPeer { relay, peer, data }) => {
             if let Some(r) = st.relays.get(&relay) {
-                let _ = r.socket.try_send_to(data, peer);
+                r.socket.send_one(peer, data);
+            }
+        }
+    }
+}
+
+/// Queues what the engine produced in a batch's outgoing datagrams (stream clients get theirs at once).
+fn queue(st: &State, out: &mut Outgoing, produced: Option<Transmit<'_>>) {
+    match produced {
+        None => {}
+        Some(Transmit::ToClient { to, data }) => {
+            log_error_answer(to, &data);
+            match to.transport {
+                Transport::Udp => out.push(Via::Listener, to.addr, &data),
+                Transport::Tcp | Transport::Tls => send_to_stream(st, to, data),
+            }
+        }
+        Some(Transmit::ToPeer { relay, peer, data }) => {
+            if let Some(r) = st.relays.get(&relay) {
+                out.push(Via::Relay(r.socket.clone()), peer, data);
             }
         }
     }
@@ -298,16 +339,10 @@ fn log_error_answer(to: Client, data: &[u8]) {
     }
 }
 
-fn send_to_client(shared: &Shared, st: &State, to: Client, data: std::borrow::Cow<'_, [u8]>) {
-    match to.transport {
-        Transport::Udp => {
-            let _ = shared.udp.try_send_to(&data, to.addr);
-        }
-        Transport::Tcp | Transport::Tls => {
-            if let Some(tx) = st.tcp_clients.get(&to) {
-                let _ = tx.try_send(data.into_owned());
-            }
-        }
+/// Queues a frame towards a TCP or TLS client; dropped if its queue is full.
+fn send_to_stream(st: &State, to: Client, data: std::borrow::Cow<'_, [u8]>) {
+    if let Some(tx) = st.tcp_clients.get(&to) {
+        let _ = tx.try_send(data.into_owned());
     }
 }
 
@@ -351,11 +386,10 @@ fn bind_relay(
     shared: &Shared,
     reserved: &mut HashMap<SocketAddr, std::net::UdpSocket>,
     request: PortRequest,
-) -> io::Result<(UdpSocket, SocketAddr)> {
-    let tokio_socket = |s: std::net::UdpSocket| -> io::Result<UdpSocket> {
-        s.set_nonblocking(true)?;
+) -> io::Result<(BatchSocket, SocketAddr)> {
+    let tokio_socket = |s: std::net::UdpSocket| -> io::Result<BatchSocket> {
         grow_buffers(&s, RELAY_UDP_BUFFER);
-        UdpSocket::from_std(s)
+        BatchSocket::new(s, shared.io.clone())
     };
     if let PortRequest::Reserved(addr) = request {
         let socket =
@@ -388,19 +422,27 @@ fn bind_relay(
     Err(io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted"))
 }
 
-/// Reads what peers send to one relay address and hands it to the engine.
-async fn relay_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, relay: SocketAddr) {
-    let mut buf = vec![0u8; CHANNEL_HEADROOM + MAX_DATAGRAM + 3];
+/// Reads what peers send to one relay address and hands it to the engine, a batch at a time.
+async fn relay_loop(shared: Arc<Shared>, socket: Arc<BatchSocket>, relay: SocketAddr) {
     loop {
-        let (n, peer) = tokio::select! {
+        let received = tokio::select! {
             _ = shared.stop.cancelled() => return,
-            r = socket.recv_from(&mut buf[CHANNEL_HEADROOM..CHANNEL_HEADROOM + MAX_DATAGRAM]) => match r {
-                Ok(v) => v,
-                Err(_) => continue,
-            },
+            r = socket.recv_batch(|batch| from_peers(&shared, relay, batch)) => r,
         };
-        let st = &mut *shared.state.lock();
-        let out = st.engine.handle_peer(now(), relay, peer, &mut buf, n);
-        deliver(&shared, st, out);
+        if let Err(e) = received {
+            debug!(error = %e, %relay, "turn relay receive failed");
+        }
     }
+}
+
+/// One batch of datagrams from peers to `relay`, handled under one lock; the sends leave after it.
+fn from_peers(shared: &Shared, relay: SocketAddr, batch: Received<'_>) {
+    Outgoing::with(&shared.udp, |out| {
+        let st = &mut *shared.state.lock();
+        let now = now();
+        batch.for_each(|peer, slot, len| {
+            let produced = st.engine.handle_peer(now, relay, peer, slot, len);
+            queue(st, out, produced);
+        });
+    });
 }
