@@ -39,6 +39,11 @@ const MAX_DATAGRAM: usize = 65_535;
 const SLOT: usize = HEADROOM + MAX_DATAGRAM + 3;
 /// Largest GSO send the kernel takes.
 const MAX_GSO_BYTES: usize = 65_000;
+/// Largest datagram sent as part of a GSO run. The kernel refuses (EINVAL) a GSO send whose segments exceed the
+/// route's MTU, where a single datagram would have been fragmented, and quinn-udp then turns GSO off for that socket
+/// for good; so only datagrams that fit any IPv6 path (1280 minus headers) join runs. WebRTC media packets are
+/// ~1200 bytes at most, so they all do.
+const MAX_GSO_SEGMENT: usize = 1200;
 /// Run buffers kept between batches per thread, and the largest kept.
 const SPARE_RUNS: usize = 64;
 const SPARE_CAPACITY: usize = 16 * 1024;
@@ -112,16 +117,30 @@ impl BatchSocket {
 
     /// Sends one datagram now, or drops it if the socket would block.
     pub(super) fn send_one(&self, to: SocketAddr, data: &[u8]) {
-        self.send(&Transmit { destination: to, ecn: None, contents: data, segment_size: None, src_ip: None });
+        let _ = self.send(&Transmit { destination: to, ecn: None, contents: data, segment_size: None, src_ip: None });
     }
 
-    fn send(&self, transmit: &Transmit<'_>) {
+    /// Sends `data` to `to` as datagrams of `seg` bytes (the last may be shorter): one GSO send, or, if the kernel
+    /// refuses that, one send each.
+    fn send_run(&self, to: SocketAddr, data: &[u8], seg: usize) {
+        if data.len() <= seg {
+            return self.send_one(to, data);
+        }
+        let run = Transmit { destination: to, ecn: None, contents: data, segment_size: Some(seg), src_ip: None };
+        match self.send(&run) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => data.chunks(seg).for_each(|d| self.send_one(to, d)),
+            _ => {}
+        }
+    }
+
+    fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let sent = self.fd.try_io(Interest::WRITABLE, |s| self.state.try_send(s.into(), transmit));
         self.counters.send_calls.fetch_add(1, Relaxed);
         if sent.is_ok() {
             let datagrams = transmit.segment_size.map_or(1, |seg| transmit.contents.len().div_ceil(seg));
             self.counters.datagrams_sent.fetch_add(datagrams as u64, Relaxed);
         }
+        sent
     }
 
     /// How many equal datagrams one GSO send may carry on this socket (1 without GSO).
@@ -292,7 +311,8 @@ impl Outgoing {
         }
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.extend_from_slice(data);
-        self.runs.push(Run { via, to, seg: data.len(), count: 1, closed: gso <= 1, data: buf });
+        let closed = gso <= 1 || data.len() > MAX_GSO_SEGMENT;
+        self.runs.push(Run { via, to, seg: data.len(), count: 1, closed, data: buf });
     }
 
     fn flush(&mut self, listener: &BatchSocket) {
@@ -301,8 +321,7 @@ impl Outgoing {
                 Via::Listener => listener,
                 Via::Relay(s) => s,
             };
-            let segment_size = (run.count > 1).then_some(run.seg);
-            socket.send(&Transmit { destination: run.to, ecn: None, contents: &run.data, segment_size, src_ip: None });
+            socket.send_run(run.to, &run.data, run.seg);
             // Keep a bounded number of small buffers for the next batches.
             if self.spare.len() < SPARE_RUNS && run.data.capacity() <= SPARE_CAPACITY {
                 run.data.clear();
@@ -353,7 +372,13 @@ mod tests {
     fn runs_respect_the_socket_gso_limit_and_the_byte_limit() {
         assert_eq!(runs(&queue(2, &[(1, 10); 5])), [(1, 10, 2, 20), (1, 10, 2, 20), (1, 10, 1, 10)]);
         assert_eq!(runs(&queue(1, &[(1, 10); 2])), [(1, 10, 1, 10), (1, 10, 1, 10)]);
-        let big = queue(64, &[(1, 30_000); 3]);
-        assert_eq!(runs(&big), [(1, 30_000, 2, 60_000), (1, 30_000, 1, 30_000)]);
+        let many = queue(64, &[(1, 1_000); 70]);
+        assert_eq!(runs(&many), [(1, 1_000, 64, 64_000), (1, 1_000, 6, 6_000)]);
+    }
+
+    #[test]
+    fn datagrams_above_the_safe_segment_size_leave_alone() {
+        let out = queue(64, &[(1, 1_201), (1, 1_201), (1, 1_200), (1, 1_200)]);
+        assert_eq!(runs(&out), [(1, 1_201, 1, 1_201), (1, 1_201, 1, 1_201), (1, 1_200, 2, 2_400)]);
     }
 }
