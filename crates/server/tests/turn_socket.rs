@@ -562,3 +562,53 @@ async fn a_burst_between_two_allocations_is_relayed_in_batches_whole_and_in_orde
     assert!(sample(&text, "switchboard_turn_udp_send_calls_total", None) >= sends as f64);
     assert!(sample(&text, "switchboard_turn_udp_datagrams_sent_total", None) >= sent as f64);
 }
+
+/// TURN over TCP in both directions at once: a client's ChannelData frames arriving many to a read (handled as one
+/// batch), and a peer's burst reaching the client as frames the writer coalesces into few writes; every frame whole,
+/// padded to 4 bytes, in order.
+#[tokio::test]
+async fn tcp_frames_in_bursts_both_ways_keep_their_framing_and_order() {
+    const BURST: usize = 60;
+    let (server, c) = server_and_creds(|c| c.turn.allow_peers = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut s = TcpStream::connect(c.turn).await.unwrap();
+    let nonce =
+        Message::parse(&tcp_round_trip(&mut s, allocate_unauth()).await).unwrap().text(attr::NONCE).unwrap().to_owned();
+    let resp = tcp_round_trip(&mut s, signed(&c, &nonce, method::ALLOCATE, udp_transport)).await;
+    let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    let req = signed(&c, &nonce, method::CHANNEL_BIND, |b| {
+        b.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).xor_address(attr::XOR_PEER_ADDRESS, peer.local_addr().unwrap())
+    });
+    assert_eq!(Message::parse(&tcp_round_trip(&mut s, req).await).unwrap().class(), Class::Success);
+    // Payload i: i in every byte, 1 + i % 7 bytes long, so most frames carry padding.
+    let payload = |i: usize| vec![i as u8; 1 + i % 7];
+
+    // Client → peer: every frame in one write.
+    let mut frames = Vec::new();
+    for i in 0..BURST {
+        let p = payload(i);
+        frames.extend([0x40, 0x00, 0, p.len() as u8]);
+        frames.extend(&p);
+        frames.resize(frames.len().next_multiple_of(4), 0);
+    }
+    s.write_all(&frames).await.unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..BURST {
+        let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf)).await.expect("datagram").unwrap();
+        assert_eq!((&buf[..n], from), (&payload(i)[..], relay), "datagram {i}");
+    }
+
+    // Peer → client: the burst is queued before the server runs (sends that never yield this runtime's thread).
+    for i in 0..BURST {
+        peer.try_send_to(&payload(i), relay).unwrap();
+    }
+    for i in 0..BURST {
+        let p = payload(i);
+        let mut frame = vec![0u8; 4 + p.len().next_multiple_of(4)];
+        tokio::time::timeout(WAIT, s.read_exact(&mut frame)).await.expect("frame").unwrap();
+        assert_eq!(&frame[..4], &[0x40, 0x00, 0, p.len() as u8], "header of frame {i}");
+        assert_eq!(&frame[4..4 + p.len()], &p[..], "frame {i}");
+    }
+    let stats = server.turn.as_ref().unwrap().stats();
+    assert_eq!((stats.packets_to_peers, stats.packets_to_clients, stats.packets_dropped), (60, 60, 0));
+}
