@@ -625,6 +625,31 @@ const cases = [
     },
   },
   {
+    name: "peer-play",
+    about: "`switchboard peer play` plays a room the page publishes (its offer says a=setup:passive, so Chromium must take the DTLS client role)",
+    async run() {
+      const r = room("cam");
+      const pub = await openDemo("publisher");
+      await publishFrom(pub, r);
+      const player = await spawnLogged(
+        "peer play",
+        ["peer", "play", "--server", `ws://${server.addr}/signaling`, "--room", r, "--bind", "127.0.0.1:0", "--duration", "5s",
+          "--min-frames", "30"],
+        /^summary: .*frames=(\d+)/,
+        40_000,
+      );
+      caseProcs.push(player.child);
+      const frames = Number(player.match[1]);
+      assert(frames >= 30, `peer play received ${frames} frames`);
+      const code = await new Promise((resolve) => {
+        if (player.child.exitCode !== null) resolve(player.child.exitCode);
+        else player.child.on("exit", (c) => resolve(c));
+      });
+      assert(code === 0, `peer play exited with ${code}`);
+      await waitViewers(pub, 0);
+    },
+  },
+  {
     name: "https-wss",
     about: "the page served over https (--dev-tls) signals over wss; publish and play work there too",
     async run() {
