@@ -42,7 +42,8 @@ fn ready_node(redis: &Redis, id: &str) -> Serve {
 fn wait_ready(n: &Serve, ready: bool) {
     eventually(&format!("readyz {ready}"), WAIT, || {
         let (status, body) = http_get(n.addr, "/readyz", "", WAIT);
-        ((status == 200) == ready).then_some(()).ok_or(format!("{status} {body}"))
+        let expected = if ready { 200 } else { 503 };
+        (status == expected).then_some(()).ok_or(format!("{status} {body}"))
     });
 }
 

@@ -26,6 +26,8 @@ struct World {
     cut: std::collections::HashSet<String>,
     /// Changes when the world is wiped (0: unset, as in an empty Redis).
     epoch: u64,
+    /// Release attempts per room, successful or refused (for tests).
+    release_attempts: HashMap<String, u64>,
 }
 
 impl World {
@@ -68,6 +70,16 @@ impl MemoryWorld {
         } else {
             w.cut.remove(node);
         }
+    }
+
+    /// The node whose fence holds `room`'s record now, live or not (for tests).
+    pub fn holder(&self, room: &str) -> Option<String> {
+        self.world.lock().rooms.get(room).map(|f| f.node.clone())
+    }
+
+    /// How many times any node asked to release `room`'s record so far (for tests).
+    pub fn release_attempts(&self, room: &str) -> u64 {
+        self.world.lock().release_attempts.get(room).copied().unwrap_or(0)
     }
 
     /// Forgets everything, as a Redis restarted without persistence.
@@ -188,6 +200,7 @@ impl Backbone for MemoryBackbone {
 
     async fn release(&self, room: &str, fence: &Fence) -> Result<bool> {
         self.with(|w, _| {
+            *w.release_attempts.entry(room.to_owned()).or_default() += 1;
             if w.rooms.get(room) == Some(fence) {
                 w.rooms.remove(room);
                 true
