@@ -612,3 +612,33 @@ async fn tcp_frames_in_bursts_both_ways_keep_their_framing_and_order() {
     let stats = server.turn.as_ref().unwrap().stats();
     assert_eq!((stats.packets_to_peers, stats.packets_to_clients, stats.packets_dropped), (60, 60, 0));
 }
+
+/// RFC 8489 §6.3.1.1 through a running server: a request carrying a comprehension-required attribute the server does
+/// not know gets 420 listing it, over UDP and TCP, signed for an authenticated Allocate, and changes nothing.
+#[tokio::test]
+async fn unknown_comprehension_required_attributes_get_420_from_a_running_server() {
+    let (server, c) = server_and_creds(|_| {}).await;
+    let listed = |resp: &[u8]| {
+        let m = Message::parse(resp).unwrap();
+        (m.class(), m.error_code(), m.get(attr::UNKNOWN_ATTRIBUTES).map(<[u8]>::to_vec))
+    };
+    let binding =
+        Builder::new(Class::Request, method::BINDING, rand::random()).attr(0x0042, b"?").fingerprint().finish();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(
+        listed(&udp_round_trip(&sock, c.turn, binding.clone()).await),
+        (Class::Error, Some(420), Some(vec![0, 0x42]))
+    );
+    let mut tcp = TcpStream::connect(c.turn).await.unwrap();
+    assert_eq!(listed(&tcp_round_trip(&mut tcp, binding).await), (Class::Error, Some(420), Some(vec![0, 0x42])));
+    // A comprehension-optional one (0x8000 and up) is ignored.
+    let optional = Builder::new(Class::Request, method::BINDING, rand::random()).attr(0x8042, b"?").finish();
+    assert_eq!(listed(&udp_round_trip(&sock, c.turn, optional).await).0, Class::Success);
+
+    let nonce = nonce_over_udp(&sock, c.turn).await;
+    let req = signed(&c, &nonce, method::ALLOCATE, |b| udp_transport(b).attr(0x0042, b"??").attr(0x7FFE, b"!"));
+    let resp = udp_round_trip(&sock, c.turn, req).await;
+    assert_eq!(listed(&resp), (Class::Error, Some(420), Some(vec![0, 0x42, 0x7F, 0xFE])));
+    assert_eq!(Message::parse(&resp).unwrap().verify(&c.key), switchboard_turn::stun::Integrity::Valid);
+    assert_eq!(server.turn.as_ref().unwrap().allocations(), 0, "the refused Allocate allocated nothing");
+}

@@ -95,11 +95,22 @@ async fn malformed_upgrades_get_http_errors() {
         (UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), "400"),
         (UPGRADE.replace("Version: 13", "Version: 8"), "426"),
         (UPGRADE.replace("GET", "POST"), "400"),
+        // Sec-WebSocket-Key must be base64 of 16 bytes (RFC 6455 §4.2.1).
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "abc"), "400"),
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", &"A".repeat(4000)), "400"),
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ"), "400"),
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ=="), "101"),
         (huge, "431"),
     ];
     for (request, status) in cases {
         let mut s = TcpStream::connect(server.addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
+        if status == "101" {
+            // The control: the same request with a valid key upgrades (the connection then stays open).
+            let head = response_head(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+            continue;
+        }
         let mut response = String::new();
         tokio::time::timeout(WAIT, s.read_to_string(&mut response)).await.unwrap().unwrap();
         assert!(response.starts_with(&format!("HTTP/1.1 {status} ")), "{response}");
