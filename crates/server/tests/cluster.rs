@@ -309,6 +309,10 @@ async fn a_lost_node_ends_its_calls_frees_its_rooms_and_closes_its_sessions_1012
         assert_eq!(code, Some(1012), "{seen:?}");
         assert!(seen.iter().all(|m| m["method"] != "bye"), "{seen:?}");
     }
+    // Counted under their own cause: these two and the late client, whose session was open too.
+    let (code, _) = late.until_closed(WAIT).await;
+    assert_eq!(code, Some(1012));
+    assert_eq!(disconnects(n3.addr, "restart").await, 3.0);
     // It rejoins, and never serves the room another node registered meanwhile.
     n3.wait_ready(true).await;
     let mut back = n3.client().await;
