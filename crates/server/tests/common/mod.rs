@@ -88,7 +88,7 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let (status, _) = http(self.addr, "GET", "/readyz", &[], "").await;
-            if (status == 200) == ready {
+            if status == if ready { 200 } else { 503 } {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "readyz never became {ready}");
