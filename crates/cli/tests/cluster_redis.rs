@@ -261,6 +261,17 @@ async fn a_node_started_before_redis_says_so_and_joins_when_it_appears() {
     wait_ready(&n1, true);
     n1.proc.find_line(WAIT, |l| l.contains("joined the cluster"));
     assert_eq!(early.request(&register("early")).await["class"], "accept");
+
+    // A node started without --cluster-node-id generates an id, logs it, and joins under it.
+    let url = redis.url();
+    let mut n2 =
+        Serve::start(&["--cluster", &url, "--cluster-node-timeout", "2s", "--cluster-heartbeat", "200ms"], &[]);
+    let line = n2.proc.wait_line(WAIT, |l| l.contains("cluster mode: joining the cluster"));
+    let id = line.split("node=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_owned();
+    assert!(id.len() == 15 && id.starts_with("node-"), "generated id {id:?} in: {line}");
+    wait_ready(&n2, true);
+    let mut callee = Ws::connect(&n2.url()).await;
+    assert_code(&callee.request(&register("early")).await, "room_conflict");
 }
 
 #[tokio::test]

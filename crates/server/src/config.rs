@@ -466,6 +466,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_a_cluster_table_turns_it_on() {
+        let c = Config::default();
+        assert!(c.cluster.url.is_empty(), "single node, no Redis, unless configured");
+        assert_eq!(c.cluster.node_id, "", "generated at start");
+        assert_eq!((c.cluster.node_timeout, c.cluster.heartbeat), (Duration::from_secs(10), Duration::from_secs(2)));
+        let c = Config::from_toml(
+            "[cluster]\nurl = \"rediss://user:pw@redis.example:6380/2\"\nnode-id = \"edge-1\"\nnode-timeout = \"4s\"\n\
+             heartbeat = \"500ms\"\nprefix = \"sb-test\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.url, "rediss://user:pw@redis.example:6380/2");
+        assert_eq!(c.cluster.node_id, "edge-1");
+        assert_eq!((c.cluster.node_timeout, c.cluster.heartbeat), (Duration::from_secs(4), Duration::from_millis(500)));
+        assert_eq!(c.cluster.prefix, "sb-test");
+        let e = Config::from_toml("[cluster]\nurl = \"redis://127.0.0.1:6379\"\nnode-id = \"no spaces\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("cluster.node-id"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = Config::from_toml("[signaling]\nlisten = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("signaling.listen"), "{e}");
