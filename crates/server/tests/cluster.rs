@@ -243,6 +243,33 @@ async fn admin_answers_for_the_whole_cluster_on_every_node() {
     .await;
 }
 
+/// A member that does not answer (crashed or cut off, not yet past the node timeout) makes a cluster-wide admin
+/// query fail with 503 naming it, never a partial list that looks complete; once the node is declared lost the answer
+/// is complete again, without its rooms.
+#[tokio::test]
+async fn admin_queries_answer_503_while_a_member_is_silent_and_whole_once_it_is_gone() {
+    let (world, [n1, n2, n3]) = three(|_| {}).await;
+    let _cam = n1.registered("cam").await;
+    let _gone = n3.registered("on-n3").await;
+    world.set_cut("n3", true);
+    // Both asked at once, within the node timeout (each waits for n3 up to the query timeout).
+    let ((status, body), (zlm_status, zlm)) = tokio::join!(
+        http(n1.addr, "GET", "/api/rooms", &[("Authorization", "Bearer adm")], ""),
+        admin(&n2, "GET", "/index/api/listWebrtcRooms"),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("n3"), "the silent node is named: {body}");
+    assert!(zlm_status == 503 || zlm["code"] == -500, "{zlm_status} {zlm}");
+    // Past the node timeout n3 is lost: the list is whole again, and n3's room is gone from it.
+    eventually(|| async {
+        let (status, rooms) = admin(&n1, "GET", "/api/rooms").await;
+        (status == 200 && rooms == json!([{"room_id":"cam","guests":[],"tours":[]}]))
+            .then_some(())
+            .ok_or(format!("{status} {rooms}"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_token_holder_takes_a_room_over_from_another_node() {
     const SECRET: &str = "token-secret";
