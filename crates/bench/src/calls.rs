@@ -12,16 +12,13 @@ const WRITE_BATCH: usize = 16 * 1024;
 use crate::messages::{accept, bye, call, candidate, field, register, sdp};
 use crate::proc_stats::CpuMeter;
 use crate::report::{histogram, round2};
-use crate::{BenchError, Report};
+use crate::{BenchError, Nodes, Report};
 
 pub struct CallsConfig {
-    pub url: String,
+    /// One server, or several nodes of one cluster (every pair then split across two of them).
+    pub nodes: Nodes,
     pub pairs: usize,
     pub duration: Duration,
-    pub server_pid: Option<u32>,
-    /// The second party of each pair connects here: another node of the same cluster (its CPU counts too).
-    pub peer_url: Option<String>,
-    pub peer_pid: Option<u32>,
 }
 
 pub(crate) struct Pair {
@@ -78,11 +75,10 @@ pub async fn run(c: &CallsConfig) -> Result<Report, BenchError> {
     let run = std::process::id();
     let mut pairs = Vec::new();
     for i in 0..c.pairs {
-        pairs.push(open_pair(&c.url, c.peer_url.as_deref().unwrap_or(&c.url), i, run).await?);
+        pairs.push(open_pair(c.nodes.first(i), c.nodes.second(i), i, run).await?);
     }
     let (offer, answer) = (sdp(6000, "actpass"), sdp(3000, "active"));
-    let cpu = CpuMeter::start(c.server_pid);
-    let peer_cpu = CpuMeter::start(c.peer_pid);
+    let cpu = c.nodes.cpu_meters();
     let start = Instant::now();
     let deadline = start + c.duration;
     let tasks: Vec<_> = pairs
@@ -111,10 +107,11 @@ pub async fn run(c: &CallsConfig) -> Result<Report, BenchError> {
     let elapsed = start.elapsed();
     let mut r = Report::new("calls");
     r.set("pairs", c.pairs);
-    r.set("cross_node", c.peer_url.is_some());
+    r.set("nodes", c.nodes.count());
+    r.set("cross_node", c.nodes.count() > 1);
     r.set("flows", flows);
     r.set("flows_per_s", round2(flows as f64 / elapsed.as_secs_f64()));
     r.latency("call_to_accept", &all);
-    r.cpu_per("server_cpu_us_per_flow", CpuMeter::sum(&[&cpu, &peer_cpu]), flows);
+    r.cpu_per("server_cpu_us_per_flow", CpuMeter::sum(&cpu.iter().collect::<Vec<_>>()), flows);
     Ok(r)
 }

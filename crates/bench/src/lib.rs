@@ -20,11 +20,13 @@ pub mod churn;
 pub mod conn;
 pub mod idle;
 pub mod messages;
+pub mod nodes;
 pub mod proc_stats;
 pub mod relay;
 pub mod report;
 pub mod soak;
 
+pub use nodes::Nodes;
 pub use report::Report;
 
 /// What can stop a scenario.

@@ -20,17 +20,14 @@ const WRITE_BATCH: usize = 64 * 1024;
 use crate::messages::{accept, call, register, value_after, CandidateTemplate};
 use crate::proc_stats::CpuMeter;
 use crate::report::{histogram, round2};
-use crate::{BenchError, Report};
+use crate::{BenchError, Nodes, Report};
 
 pub struct RelayConfig {
-    pub url: String,
+    /// One server, or several nodes of one cluster (every pair then split across two of them).
+    pub nodes: Nodes,
     pub pairs: usize,
     pub duration: Duration,
     pub window: u64,
-    pub server_pid: Option<u32>,
-    /// The second party of each pair connects here: another node of the same cluster (its CPU counts too).
-    pub peer_url: Option<String>,
-    pub peer_pid: Option<u32>,
 }
 
 /// The flow-control state of one direction.
@@ -51,8 +48,8 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     let mut directions = Vec::new();
     for i in 0..c.pairs {
         let (a_room, b_room) = (format!("relay_a_{run}_{i}"), format!("relay_b_{run}_{i}"));
-        let mut a = connect_with(&c.url, 2 * i, WRITE_BATCH).await?;
-        let mut b = connect_with(c.peer_url.as_deref().unwrap_or(&c.url), 2 * i + 1, WRITE_BATCH).await?;
+        let mut a = connect_with(c.nodes.first(i), 2 * i, WRITE_BATCH).await?;
+        let mut b = connect_with(c.nodes.second(i), 2 * i + 1, WRITE_BATCH).await?;
         request(&mut a, register("r", &a_room)).await?;
         request(&mut b, register("r", &b_room)).await?;
         let guest = format!("{b_room}_g");
@@ -75,8 +72,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
         receivers.push(tokio::spawn(recv_loop(b_rx, ab, epoch, done.clone())));
         receivers.push(tokio::spawn(recv_loop(a_rx, ba, epoch, done.clone())));
     }
-    let cpu = CpuMeter::start(c.server_pid);
-    let peer_cpu = CpuMeter::start(c.peer_pid);
+    let cpu = c.nodes.cpu_meters();
     let start = Instant::now();
     let received_at = |ds: &[Arc<Direction>]| ds.iter().map(|d| d.received.load(Ordering::Relaxed)).sum::<u64>();
     let base = received_at(&directions);
@@ -89,7 +85,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     }
     let measured = received_at(&directions) - base;
     let elapsed = start.elapsed();
-    let cpu_used = CpuMeter::sum(&[&cpu, &peer_cpu]);
+    let cpu_used = CpuMeter::sum(&cpu.iter().collect::<Vec<_>>());
     stop.store(true, Ordering::Relaxed);
     for d in &directions {
         d.room_for_more.notify_one();
@@ -113,7 +109,8 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     }
     let mut r = Report::new("relay");
     r.set("pairs", c.pairs);
-    r.set("cross_node", c.peer_url.is_some());
+    r.set("nodes", c.nodes.count());
+    r.set("cross_node", c.nodes.count() > 1);
     r.set("window", c.window);
     r.set("relayed", measured);
     r.set("msgs_per_s", round2(measured as f64 / elapsed.as_secs_f64()));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_bench::{calls, churn, idle, relay};
+use switchboard_bench::{calls, churn, idle, relay, Nodes};
 use switchboard_server::{Config, Server};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,6 +23,39 @@ async fn server() -> String {
     let url = format!("ws://{}/signaling", s.local_addr());
     tokio::spawn(s.run());
     url
+}
+
+/// Three nodes of one in-process cluster (in-memory backbone), each ready; their signaling URLs.
+async fn cluster_of_three() -> Vec<String> {
+    let world = switchboard_server::cluster::MemoryWorld::new(Duration::from_secs(2));
+    let mut urls = Vec::new();
+    for id in ["b1", "b2", "b3"] {
+        let mut c = Config::default();
+        c.signaling.listen = "127.0.0.1:0".parse().unwrap();
+        c.turn.enabled = false;
+        c.cluster.heartbeat = Duration::from_millis(200);
+        c.cluster.node_timeout = Duration::from_secs(2);
+        c.limits.messages_per_second = 1_000_000;
+        c.limits.message_burst = 1_000_000;
+        let s = Server::bind_in_cluster(c, world.node(id)).await.unwrap();
+        let addr = s.local_addr();
+        tokio::spawn(s.run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut answer = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer)).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {id} never became ready: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        urls.push(format!("ws://{addr}/signaling"));
+    }
+    urls
 }
 
 fn me() -> Option<u32> {
@@ -42,14 +75,7 @@ async fn idle_registers_every_room_and_reports_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_complete_flows_and_measure_setup_latency() {
     let url = server().await;
-    let c = calls::CallsConfig {
-        url,
-        pairs: 4,
-        duration: Duration::from_millis(500),
-        server_pid: me(),
-        peer_url: None,
-        peer_pid: None,
-    };
+    let c = calls::CallsConfig { nodes: Nodes::one(url, me()), pairs: 4, duration: Duration::from_millis(500) };
     let r = calls::run(&c).await.unwrap();
     let flows = r.get_f64("flows").unwrap();
     assert!(flows >= 4.0, "{}", r.to_json());
@@ -59,18 +85,27 @@ async fn calls_complete_flows_and_measure_setup_latency() {
     assert!(r.get_f64("server_cpu_us_per_flow").is_some());
 }
 
+/// With three nodes every pair is split across two of them: calls and relays cross nodes, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_split_across_three_cluster_nodes_call_and_relay_without_loss() {
+    let urls = cluster_of_three().await;
+    let nodes = Nodes::new(urls, me().into_iter().collect());
+    let c = calls::CallsConfig { nodes: nodes.clone(), pairs: 3, duration: Duration::from_millis(500) };
+    let r = calls::run(&c).await.unwrap();
+    assert!(r.get_f64("flows").unwrap() >= 3.0, "{}", r.to_json());
+    assert_eq!((r.get_f64("nodes"), &r.fields["cross_node"]), (Some(3.0), &serde_json::json!(true)));
+    let c = relay::RelayConfig { nodes, pairs: 3, duration: Duration::from_millis(700), window: 8 };
+    let r = relay::run(&c).await.unwrap();
+    assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
+    assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());
+    assert!(r.get_f64("server_cpu_us_per_msg").is_some(), "{}", r.to_json());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_loses_nothing_and_respects_the_window() {
     let url = server().await;
-    let c = relay::RelayConfig {
-        url,
-        pairs: 3,
-        duration: Duration::from_millis(700),
-        window: 8,
-        server_pid: me(),
-        peer_url: None,
-        peer_pid: None,
-    };
+    let c =
+        relay::RelayConfig { nodes: Nodes::one(url, me()), pairs: 3, duration: Duration::from_millis(700), window: 8 };
     let r = relay::run(&c).await.unwrap();
     assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
     assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());

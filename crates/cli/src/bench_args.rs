@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchboard_bench::{calls, churn, idle, relay, soak, Report};
+use switchboard_bench::{calls, churn, idle, relay, soak, Nodes, Report};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Signaling URL of the server under test. Given twice (two nodes of one cluster), `calls` and `relay` put the
-    /// second party of every pair on the second node; `idle` and `churn` use the first (run one per node).
+    /// Signaling URL of the server under test. Given several times (nodes of one cluster), `calls` and `relay` put
+    /// the two parties of every pair on different nodes (pair i on nodes i and i+1, round the list); `idle`, `churn`
+    /// and `soak` use the first (run one per node).
     #[arg(long, default_value = "ws://127.0.0.1:3000/signaling", global = true)]
     server: Vec<String>,
     /// The server's pid (once per `--server`): report its CPU time per unit of work and its memory.
@@ -93,9 +94,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     }
     .context("cannot start the tokio runtime")?;
-    anyhow::ensure!(args.server.len() <= 2, "at most two --server URLs (two nodes of one cluster)");
-    let (url, peer_url) = (args.server[0].clone(), args.server.get(1).cloned());
-    let (pid, peer_pid) = (args.server_pid.first().copied(), args.server_pid.get(1).copied());
+    anyhow::ensure!(args.server_pid.len() <= args.server.len(), "more --server-pid than --server");
+    let nodes = Nodes::new(args.server.clone(), args.server_pid.clone());
+    let url = args.server[0].clone();
+    let pid = args.server_pid.first().copied();
     let secs = Duration::from_secs_f64;
     let report: Report = runtime.block_on(async move {
         match args.scenario {
@@ -104,12 +106,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Scenario::Calls { pairs, duration } => {
                 let duration = secs(duration);
-                calls::run(&calls::CallsConfig { url, pairs, duration, server_pid: pid, peer_url, peer_pid }).await
+                calls::run(&calls::CallsConfig { nodes, pairs, duration }).await
             }
             Scenario::Relay { pairs, duration, window } => {
                 let duration = secs(duration);
-                relay::run(&relay::RelayConfig { url, pairs, duration, window, server_pid: pid, peer_url, peer_pid })
-                    .await
+                relay::run(&relay::RelayConfig { nodes, pairs, duration, window }).await
             }
             Scenario::Churn { conns, duration } => {
                 churn::run(&churn::ChurnConfig { url, conns, duration: secs(duration), server_pid: pid }).await
