@@ -10,7 +10,8 @@
 //!
 //! - [`idle`]: hold N registered rooms, RSS per room, RSS after they leave.
 //! - [`calls`]: full call flows (call → accept → 2 candidates each way → bye), flows/s and call→accept latency.
-//! - [`relay`]: candidate indications both ways under a bounded in-flight window; msgs/s, latency, losses.
+//! - [`relay`]: candidate indications both ways under a bounded in-flight window; msgs/s, latency, losses, and
+//!   messages out of order (each direction is numbered).
 //! - [`churn`]: connect/register/leave loops; sessions/s; then every room id must be registrable again.
 //! - [`soak`]: all of the above at once, paced, for a long time; the server sampled every interval (RSS,
 //!   descriptors, threads, sessions, rooms, latency), then lost messages and leaked rooms counted.

@@ -35,6 +35,8 @@ pub struct RelayConfig {
 struct Direction {
     sent: AtomicU64,
     received: AtomicU64,
+    /// Messages that did not carry the next sequence number (each direction is one sender's stream: order is kept).
+    out_of_order: AtomicU64,
     room_for_more: Notify,
 }
 
@@ -116,6 +118,7 @@ pub async fn run(c: &RelayConfig) -> Result<Report, BenchError> {
     r.set("msgs_per_s", round2(measured as f64 / elapsed.as_secs_f64()));
     r.set("sent_total", sent);
     r.set("lost", lost);
+    r.set("out_of_order", directions.iter().map(|d| d.out_of_order.load(Ordering::Relaxed)).sum::<u64>());
     r.latency("latency", &all);
     r.cpu_per("server_cpu_us_per_msg", cpu_used, measured);
     Ok(r)
@@ -172,7 +175,11 @@ where
         };
         let Message::Text(t) = frame else { continue };
         let Some(value) = value_after(t.as_str(), "\"candidate\":\"") else { continue };
-        let mut parts = value.split(' ').skip(2);
+        let mut parts = value.split(' ').skip(1);
+        let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+        if seq != Some(dir.received.load(Ordering::Acquire)) {
+            dir.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(sent_ns) = parts.next().and_then(|s| s.parse::<u128>().ok()) {
             let us = (epoch.elapsed().as_nanos().saturating_sub(sent_ns) / 1000) as u64;
             let _ = h.record(us.max(1));

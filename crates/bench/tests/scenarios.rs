@@ -98,6 +98,7 @@ async fn pairs_split_across_three_cluster_nodes_call_and_relay_without_loss() {
     let r = relay::run(&c).await.unwrap();
     assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
     assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());
+    assert_eq!(r.get_f64("out_of_order"), Some(0.0), "{}", r.to_json());
     assert!(r.get_f64("server_cpu_us_per_msg").is_some(), "{}", r.to_json());
 }
 
@@ -109,6 +110,7 @@ async fn relay_loses_nothing_and_respects_the_window() {
     let r = relay::run(&c).await.unwrap();
     assert!(r.get_f64("relayed").unwrap() > 100.0, "{}", r.to_json());
     assert_eq!(r.get_f64("lost"), Some(0.0), "{}", r.to_json());
+    assert_eq!(r.get_f64("out_of_order"), Some(0.0), "{}", r.to_json());
     assert!(r.fields["latency"]["count"].as_f64().unwrap() > 0.0);
 }
 
