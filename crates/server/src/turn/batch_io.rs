@@ -80,7 +80,7 @@ impl BatchSocket {
         self.fd.get_ref().local_addr()
     }
 
-    pub(super) fn as_fd(&self) -> &std::net::UdpSocket {
+    pub(super) fn socket(&self) -> &std::net::UdpSocket {
         self.fd.get_ref()
     }
 

@@ -26,9 +26,6 @@ use parking_lot::Mutex;
 use switchboard_turn::stun::{Class, Message};
 use switchboard_turn::{Client, Engine, EngineConfig, Event, PeerPolicy, PortRequest, Stats, Transmit, Transport};
 use tokio::net::{TcpListener, UdpSocket};
-
-pub use batch_io::IoCounters;
-use batch_io::{BatchSocket, Outgoing, Received, Via, HEADROOM};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +33,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::TurnConfig;
+pub use batch_io::IoCounters;
+use batch_io::{BatchSocket, Outgoing, Received, Via, HEADROOM};
 
 /// Frames queued towards one TCP client before further ones are dropped.
 const TCP_QUEUE: usize = 512;
@@ -153,7 +152,7 @@ impl TurnServer {
         let bind_err = |source| TurnError::Bind { addr: config.listen, source };
         let io = Arc::new(IoCounters::default());
         let udp = BatchSocket::new(udp.into_std().map_err(bind_err)?, io.clone()).map_err(bind_err)?;
-        grow_buffers(udp.as_fd(), LISTEN_UDP_BUFFER);
+        grow_buffers(udp.socket(), LISTEN_UDP_BUFFER);
         let local_addr = udp.local_addr().map_err(bind_err)?;
         let now = tokio::time::Instant::now().into_std();
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
