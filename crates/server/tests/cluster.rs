@@ -270,6 +270,39 @@ async fn admin_queries_answer_503_while_a_member_is_silent_and_whole_once_it_is_
     .await;
 }
 
+/// A session's requests queue behind its pending backbone operation, in order, up to a bound: a burst past it is
+/// refused with `unavailable` at once (never buffered without limit, never silence), and what was queued goes on in
+/// order once the operation completes.
+#[tokio::test]
+async fn a_burst_behind_a_pending_backbone_lookup_is_bounded_and_refused_past_the_bound() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    const QUEUE_LIMIT: usize = 256;
+    const CANDIDATES: usize = 300;
+    // Room in the callee's outbound queue for the whole burst, so that only the cluster's queue bound is exercised.
+    let (_world, [n1, n2, _n3]) = three(|c| c.signaling.outbound_queue = 1024).await;
+    let mut callee = n1.registered("cam").await;
+    let mut caller = n2.registered("viewer").await;
+    // One write: the call waits for the owner lookup, and the candidates queue behind it.
+    let frames = std::iter::once(call("T1", "g", "cam"))
+        .chain((0..CANDIDATES).map(|i| candidate("g", "cam", &format!("candidate:{i}"))));
+    for f in frames {
+        caller.ws.feed(WsMessage::Text(f.to_string().into())).await.unwrap();
+    }
+    caller.ws.flush().await.unwrap();
+    for _ in 0..CANDIDATES - QUEUE_LIMIT {
+        let m = caller.recv().await;
+        assert_eq!((m["class"].as_str(), m["code"].as_str()), (Some("reject"), Some("unavailable")), "{m}");
+        assert!(m["reason"].as_str().unwrap().contains("too many requests waiting"), "{m}");
+    }
+    assert_eq!(callee.recv().await["transaction_id"], "T1");
+    for i in 0..QUEUE_LIMIT {
+        assert_eq!(callee.recv().await["candidate"], format!("candidate:{i}"), "the queued ones, in order");
+    }
+    callee.assert_nothing_pending().await;
+    caller.assert_nothing_pending().await;
+}
+
 #[tokio::test]
 async fn a_token_holder_takes_a_room_over_from_another_node() {
     const SECRET: &str = "token-secret";
