@@ -111,8 +111,8 @@ where
     shared.state.lock().tcp_clients.insert(client, tx);
     let writer = async {
         // Over TCP, frames queued meanwhile leave together in one write. Over TLS each frame stays one record of its
-        // own: coturn's turnutils_uclient reads one frame per TLS record and loses the rest of a record that holds
-        // several (seen: 4 of 40 lost), and other clients may read the same way.
+        // own: with several frames in one record, coturn's turnutils_uclient lost some of them (4 of 40, every run),
+        // and other clients may read TLS the same way.
         let coalesce = client.transport == Transport::Tcp;
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         while let Some(frame) = rx.recv().await {
