@@ -541,7 +541,10 @@ async fn a_burst_between_two_allocations_is_relayed_in_batches_whole_and_in_orde
 
     let mut buf = [0u8; 2048];
     for i in 0..BURST {
-        let (n, from) = tokio::time::timeout(WAIT, b.sock.recv_from(&mut buf)).await.expect("datagram {i}").unwrap();
+        let (n, from) = tokio::time::timeout(WAIT, b.sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram {i}"))
+            .unwrap();
         assert_eq!(from, c.turn);
         let p = payload(i);
         assert_eq!(&buf[..4], &[0x40, 0x00, 0, p.len() as u8], "header of datagram {i}");

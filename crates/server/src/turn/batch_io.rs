@@ -99,7 +99,7 @@ impl BatchSocket {
                         self.counters.receive_calls.fetch_add(1, Relaxed);
                         let datagrams: usize = batch.meta[..n].iter().map(RecvBatch::datagrams_in).sum();
                         self.counters.datagrams_received.fetch_add(datagrams as u64, Relaxed);
-                        if n < batch.offered() {
+                        if n < BATCH_SIZE {
                             guard.clear_ready();
                         }
                         if let Some(f) = f.take() {
@@ -116,7 +116,7 @@ impl BatchSocket {
     }
 
     /// Sends one datagram now, or drops it if the socket would block.
-    pub(super) fn send_one(&self, to: SocketAddr, data: &[u8]) {
+    fn send_one(&self, to: SocketAddr, data: &[u8]) {
         let _ = self.send(&Transmit { destination: to, ecn: None, contents: data, segment_size: None, src_ip: None });
     }
 
@@ -187,10 +187,6 @@ impl RecvBatch {
         RecvBatch { slots: vec![0; SLOT * BATCH_SIZE], meta: [RecvMeta::default(); BATCH_SIZE], scratch: vec![0; SLOT] }
     }
 
-    fn offered(&self) -> usize {
-        BATCH_SIZE
-    }
-
     /// Datagrams in one received slot (GRO may have packed several).
     fn datagrams_in(meta: &RecvMeta) -> usize {
         if meta.stride == 0 {
@@ -245,18 +241,20 @@ impl Received<'_> {
 }
 
 /// Where a queued datagram leaves from.
-pub(super) enum Via {
+#[derive(Clone, Copy)]
+pub(super) enum Via<'a> {
     /// The listening socket (towards UDP clients).
     Listener,
     /// A relay socket (towards peers).
-    Relay(Arc<BatchSocket>),
+    Relay(&'a Arc<BatchSocket>),
 }
 
-impl Via {
-    fn same(&self, other: &Via) -> bool {
-        match (self, other) {
-            (Via::Listener, Via::Listener) => true,
-            (Via::Relay(a), Via::Relay(b)) => Arc::ptr_eq(a, b),
+impl Via<'_> {
+    /// Whether a run sending through `relay` (`None`: the listener) leaves from here.
+    fn is(self, relay: Option<&Arc<BatchSocket>>) -> bool {
+        match (self, relay) {
+            (Via::Listener, None) => true,
+            (Via::Relay(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -264,7 +262,8 @@ impl Via {
 
 /// One run of datagrams for one destination through one socket; all of `seg` bytes but possibly the last.
 struct Run {
-    via: Via,
+    /// The relay socket it leaves from (held past the engine's lock); `None`: the listener.
+    relay: Option<Arc<BatchSocket>>,
     to: SocketAddr,
     seg: usize,
     count: usize,
@@ -295,13 +294,13 @@ impl Outgoing {
     }
 
     /// Queues `data` for `to` through `via`.
-    pub(super) fn push(&mut self, via: Via, to: SocketAddr, data: &[u8]) {
-        let gso = match &via {
+    pub(super) fn push(&mut self, via: Via<'_>, to: SocketAddr, data: &[u8]) {
+        let gso = match via {
             Via::Listener => self.listener_gso,
             Via::Relay(s) => s.gso_segments(),
         };
         // Only the newest run to this destination through this socket may grow, so that order per destination holds.
-        if let Some(run) = self.runs.iter_mut().rev().find(|r| r.to == to && r.via.same(&via)) {
+        if let Some(run) = self.runs.iter_mut().rev().find(|r| r.to == to && via.is(r.relay.as_ref())) {
             if !run.closed && data.len() <= run.seg && run.data.len() + data.len() <= MAX_GSO_BYTES {
                 run.data.extend_from_slice(data);
                 run.count += 1;
@@ -312,15 +311,17 @@ impl Outgoing {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.extend_from_slice(data);
         let closed = gso <= 1 || data.len() > MAX_GSO_SEGMENT;
-        self.runs.push(Run { via, to, seg: data.len(), count: 1, closed, data: buf });
+        // The socket is held (one reference count) per run, not per datagram.
+        let relay = match via {
+            Via::Listener => None,
+            Via::Relay(s) => Some(s.clone()),
+        };
+        self.runs.push(Run { relay, to, seg: data.len(), count: 1, closed, data: buf });
     }
 
     fn flush(&mut self, listener: &BatchSocket) {
         for mut run in self.runs.drain(..) {
-            let socket = match &run.via {
-                Via::Listener => listener,
-                Via::Relay(s) => s,
-            };
+            let socket = run.relay.as_deref().unwrap_or(listener);
             socket.send_run(run.to, &run.data, run.seg);
             // Keep a bounded number of small buffers for the next batches.
             if self.spare.len() < SPARE_RUNS && run.data.capacity() <= SPARE_CAPACITY {

@@ -269,7 +269,7 @@ fn from_clients(shared: &Arc<Shared>, batch: Received<'_>) {
             let client = Client { transport: Transport::Udp, addr: from };
             let produced = st.engine.handle_client(now, client, &slot[HEADROOM..HEADROOM + len]);
             queue(&st, out, produced);
-            drain_events(shared, &mut st);
+            drain_events(shared, &mut st, out);
         });
     });
 }
@@ -279,35 +279,17 @@ async fn tick_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
-            _ = tick.tick() => {
+            _ = tick.tick() => Outgoing::with(&shared.udp, |out| {
                 let mut st = shared.state.lock();
                 st.engine.handle_timeout(now());
-                drain_events(&shared, &mut st);
-            }
+                drain_events(&shared, &mut st, out);
+            }),
         }
     }
 }
 
-/// Sends what the engine produced, now. Never blocks: a packet that cannot go now is dropped.
-fn deliver(shared: &Shared, st: &State, out: Option<Transmit<'_>>) {
-    match out {
-        None => {}
-        Some(Transmit::ToClient { to, data }) => {
-            log_error_answer(to, &data);
-            match to.transport {
-                Transport::Udp => shared.udp.send_one(to.addr, &data),
-                Transport::Tcp | Transport::Tls => send_to_stream(st, to, data),
-            }
-        }
-        Some(Transmit::ToPeer { relay, peer, data }) => {
-            if let Some(r) = st.relays.get(&relay) {
-                r.socket.send_one(peer, data);
-            }
-        }
-    }
-}
-
-/// Queues what the engine produced in a batch's outgoing datagrams (stream clients get theirs at once).
+/// Queues what the engine produced in the outgoing datagrams, sent once the lock is released (stream clients get
+/// theirs queued at once). Never blocks: a packet that cannot go is dropped.
 fn queue(st: &State, out: &mut Outgoing, produced: Option<Transmit<'_>>) {
     match produced {
         None => {}
@@ -320,7 +302,7 @@ fn queue(st: &State, out: &mut Outgoing, produced: Option<Transmit<'_>>) {
         }
         Some(Transmit::ToPeer { relay, peer, data }) => {
             if let Some(r) = st.relays.get(&relay) {
-                out.push(Via::Relay(r.socket.clone()), peer, data);
+                out.push(Via::Relay(&r.socket), peer, data);
             }
         }
     }
@@ -346,7 +328,7 @@ fn send_to_stream(st: &State, to: Client, data: std::borrow::Cow<'_, [u8]>) {
 }
 
 /// Opens and closes relay sockets as the engine asks.
-fn drain_events(shared: &Arc<Shared>, st: &mut State) {
+fn drain_events(shared: &Arc<Shared>, st: &mut State, out: &mut Outgoing) {
     while let Some(ev) = st.engine.poll_event() {
         match ev {
             Event::BindRelay { client, port, .. } => {
@@ -364,8 +346,8 @@ fn drain_events(shared: &Arc<Shared>, st: &mut State) {
                         Err(())
                     }
                 };
-                let out = st.engine.relay_bound(now(), client, result);
-                deliver(shared, st, out);
+                let answer = st.engine.relay_bound(now(), client, result);
+                queue(st, out, answer);
             }
             Event::ReleaseRelay { relay } => {
                 if let Some(r) = st.relays.remove(&relay) {

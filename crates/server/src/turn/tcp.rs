@@ -153,7 +153,7 @@ where
                     }
                     let produced = st.engine.handle_client(now(), client, &buf[at..at + len]);
                     queue(&st, out, produced);
-                    drain_events(shared, &mut st);
+                    drain_events(shared, &mut st, out);
                     at += len;
                 }
                 at
@@ -186,16 +186,18 @@ where
 
 /// Forgets a connection that ended, and frees its allocation at once.
 fn closed(shared: &Arc<Shared>, client: Client) {
-    let mut st = shared.state.lock();
-    st.tcp_clients.remove(&client);
-    if let Some(open) = st.tcp_per_ip.get_mut(&client.addr.ip()) {
-        *open -= 1;
-        if *open == 0 {
-            st.tcp_per_ip.remove(&client.addr.ip());
+    Outgoing::with(&shared.udp, |out| {
+        let mut st = shared.state.lock();
+        st.tcp_clients.remove(&client);
+        if let Some(open) = st.tcp_per_ip.get_mut(&client.addr.ip()) {
+            *open -= 1;
+            if *open == 0 {
+                st.tcp_per_ip.remove(&client.addr.ip());
+            }
         }
-    }
-    st.engine.client_gone(client);
-    drain_events(shared, &mut st);
+        st.engine.client_gone(client);
+        drain_events(shared, &mut st, out);
+    });
 }
 
 #[cfg(test)]
